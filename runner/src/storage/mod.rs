@@ -1,0 +1,133 @@
+//! Object storage behind one trait: a local folder or an S3 prefix, addressed by relative keys.
+//!
+//! Every store is rooted at a folder (a local directory or `s3://bucket/prefix/`), so the rest of
+//! the runner reads and writes `_barge/shard-0000-of-0001/checkpoint.json` without caring where
+//! that is.
+
+mod local;
+mod s3;
+
+use std::fmt;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncBufRead, AsyncWriteExt};
+
+pub use local::LocalStore;
+pub use s3::{S3Options, S3Store, s3_client};
+
+use crate::location::Location;
+
+/// A stream of an object's bytes from some offset on.
+pub type ByteReader = Pin<Box<dyn AsyncBufRead + Send>>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Relative to the store's root, `/`-separated.
+    pub key: String,
+    pub size: u64,
+    /// S3's ETag, or size and modification time for a local file: changes when the content does.
+    pub etag: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{uri} does not exist")]
+    NotFound { uri: String },
+    #[error("cannot {op} {uri}: {source}")]
+    Io {
+        op: &'static str,
+        uri: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("S3 refused to {op} {uri} ({code}): check the credentials and the bucket's policy")]
+    Denied { op: &'static str, uri: String, code: String },
+    #[error("the S3 bucket of {uri} does not exist")]
+    NoSuchBucket { uri: String },
+    #[error("cannot reach S3 to {op} {uri}: {detail}")]
+    Unreachable { op: &'static str, uri: String, detail: String },
+    #[error("S3 failed to {op} {uri}: {detail}")]
+    S3 { op: &'static str, uri: String, detail: String },
+}
+
+impl StorageError {
+    /// Worth another try later: the store was unreachable or hiccupped, nothing was refused.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StorageError::Unreachable { .. } | StorageError::S3 { .. } => true,
+            StorageError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::Interrupted
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// A folder of objects. Writes of whole objects are atomic: a reader sees the old object or the
+/// new one, never half of one (the checkpoint protocol relies on it).
+#[async_trait]
+pub trait ObjectStore: Send + Sync + fmt::Debug {
+    /// The full URI of `key`, for messages.
+    fn uri(&self, key: &str) -> String;
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError>;
+
+    /// The whole object, for small objects (checkpoints, configs).
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StorageError>;
+
+    /// Streams the object from `offset` to its end without loading it.
+    async fn read_from(&self, key: &str, offset: u64) -> Result<ByteReader, StorageError>;
+
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), StorageError>;
+
+    /// Starts a streamed upload; the object appears only when the writer finishes.
+    async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError>;
+
+    /// Objects whose key starts with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
+
+    /// Deletes every object under `prefix`; a missing prefix is not an error.
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError>;
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+
+    /// Copies the object into a local file.
+    async fn download(&self, key: &str, dest: &Path) -> Result<(), StorageError> {
+        let mut reader = self.read_from(key, 0).await?;
+        let io_err = |op, source| StorageError::Io { op, uri: dest.display().to_string(), source };
+        let mut file = tokio::fs::File::create(dest).await.map_err(|e| io_err("create", e))?;
+        tokio::io::copy_buf(&mut reader, &mut file).await.map_err(|e| io_err("download into", e))?;
+        file.flush().await.map_err(|e| io_err("write", e))?;
+        Ok(())
+    }
+}
+
+/// A streamed upload (multipart on S3, a temporary file renamed into place locally).
+#[async_trait]
+pub trait ObjectWriter: Send {
+    async fn write(&mut self, data: Bytes) -> Result<(), StorageError>;
+    async fn finish(self: Box<Self>) -> Result<(), StorageError>;
+    /// Drops what was written; the object does not appear.
+    async fn abort(self: Box<Self>);
+}
+
+/// Opens `location` as a folder. S3 stores share one client, built once by the caller.
+pub fn open(location: &Location, s3: &Option<aws_sdk_s3::Client>) -> Arc<dyn ObjectStore> {
+    match location {
+        Location::Local(path) => Arc::new(LocalStore::new(path.clone())),
+        Location::S3 { bucket, key } => {
+            let client =
+                s3.clone().expect("an S3 client is built whenever a location is s3:// — this is a bug");
+            Arc::new(S3Store::new(client, bucket.clone(), key.clone()))
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Bad lines become error records with their line numbers; every other line still succeeds.
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+#[test]
+fn malformed_lines_land_in_errors_with_line_numbers_and_the_rest_succeed() {
+    let good = |id: &str| embed_line(id, "a perfectly fine sentence");
+    let with_body = |id: &str, body: Value| {
+        json!({"custom_id": id, "method": "POST", "url": "/v1/embeddings", "body": body}).to_string()
+    };
+    let lines = [
+        good("ok-1"),                                                                           // 1
+        "{this is not json".to_string(),                                                        // 2
+        json!({"method": "POST", "url": "/v1/embeddings", "body": {"input": "x"}}).to_string(), // 3
+        good("ok-1"), // 4: repeats line 1
+        json!({"custom_id": "chat", "method": "POST", "url": "/v1/chat/completions", "body": {}}).to_string(), // 5
+        with_body("empty", json!({"input": ""})),                  // 6
+        String::new(),                                             // 7: blank, skipped
+        with_body("huge", json!({"input": "word ".repeat(1000)})), // 8: over --max-line-bytes
+        with_body("dims", json!({"input": "x", "dimensions": 128})), // 9
+        with_body("vocab", json!({"input": [101, 999999, 102]})),  // 10
+        with_body("tokens", json!({"input": [101, 7592, 2088, 102]})), // 11
+        good("ok-2"),                                              // 12
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").expect("write");
+    let out = dir.path().join("out");
+    run_ok(&[
+        "run",
+        "--model",
+        &minilm().display().to_string(),
+        "--input",
+        &input.display().to_string(),
+        "--output",
+        &out.display().to_string(),
+        "--max-line-bytes",
+        "2000",
+    ]);
+    let results = read_jsonl(&out.join("results.jsonl"));
+    assert_eq!(custom_ids(&results), ["ok-1", "tokens", "ok-2"]);
+    assert_eq!(results[1]["response"]["body"]["usage"]["prompt_tokens"], 4);
+
+    let errors = read_jsonl(&out.join("errors.jsonl"));
+    let shown: Vec<(u64, &str, Value)> = errors
+        .iter()
+        .map(|e| {
+            (
+                e["error"]["line"].as_u64().expect("line"),
+                e["error"]["code"].as_str().expect("code"),
+                e["custom_id"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (2, "invalid_json", Value::Null),
+            (3, "missing_custom_id", Value::Null),
+            (4, "duplicate_custom_id", json!("ok-1")),
+            (5, "unsupported_url", json!("chat")),
+            (6, "missing_input", json!("empty")),
+            (8, "line_too_long", Value::Null),
+            (9, "unsupported_dimensions", json!("dims")),
+            (10, "invalid_input", json!("vocab")),
+        ]
+    );
+    for e in &errors {
+        assert_eq!(e["response"], Value::Null);
+        assert!(!e["error"]["message"].as_str().expect("message").is_empty());
+    }
+    assert!(errors[2]["error"]["message"].as_str().expect("message").contains("line 1"));
+    assert!(errors[7]["error"]["message"].as_str().expect("message").contains("999999"));
+
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("manifest")).expect("json");
+    assert_eq!(manifest["requestCounts"], json!({"total": 11, "completed": 3, "failed": 8}));
+    assert_eq!(manifest["lines"], 12);
+    let files = manifest["model"]["files"].as_array().expect("files");
+    let weights = files.iter().find(|f| f["name"] == "model.safetensors").expect("weights listed");
+    assert_eq!(weights["sha256"].as_str().expect("sha").len(), 64);
+}

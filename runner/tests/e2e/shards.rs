@@ -1,0 +1,72 @@
+//! Shards plus finalize give what one unsharded run gives.
+
+use crate::common::*;
+
+fn max_drift(a: &serde_json::Value, b: &serde_json::Value) -> f32 {
+    embedding(a, 0).iter().zip(embedding(b, 0)).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn sharded_runs_and_finalize_equal_one_unsharded_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    let mut body: String = (0..150).map(|i| embed_line(&format!("req-{i}"), &sentence(i)) + "\n").collect();
+    body.push_str("not json\n");
+    body.push_str(&embed_line("req-7", "a repeated id in the last shard"));
+    std::fs::write(&input, body).expect("write");
+    let (model, input_s) = (minilm().display().to_string(), input.display().to_string());
+
+    let whole = dir.path().join("whole");
+    run_ok(&["run", "--model", &model, "--input", &input_s, "--output", &whole.display().to_string()]);
+
+    let sharded = dir.path().join("sharded");
+    let sharded_s = sharded.display().to_string();
+    for shard in ["2/3", "0/3", "1/3"] {
+        let out = run_ok(&[
+            "run", "--model", &model, "--input", &input_s, "--output", &sharded_s, "--shard", shard,
+        ]);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("finalize"),
+            "a shard does not finalize itself"
+        );
+        assert!(!sharded.join("results.jsonl").exists());
+    }
+    run_ok(&["finalize", "--output", &sharded_s, "--shards", "3"]);
+
+    let (a, b) = (read_jsonl(&whole.join("results.jsonl")), read_jsonl(&sharded.join("results.jsonl")));
+    assert_eq!(custom_ids(&a), custom_ids(&b));
+    assert_eq!(a.len(), 150);
+    for (x, y) in a.iter().zip(&b) {
+        assert!(max_drift(x, y) < 1e-5, "{} differs", x["custom_id"]);
+        assert_eq!(x["response"]["body"]["usage"], y["response"]["body"]["usage"]);
+    }
+    assert_eq!(
+        std::fs::read_to_string(whole.join("errors.jsonl")).expect("errors"),
+        std::fs::read_to_string(sharded.join("errors.jsonl")).expect("errors"),
+    );
+    let errors = read_jsonl(&sharded.join("errors.jsonl"));
+    assert_eq!(errors.len(), 2);
+    assert_eq!(
+        (errors[0]["error"]["line"].as_u64(), errors[1]["error"]["line"].as_u64()),
+        (Some(151), Some(152))
+    );
+    assert_eq!(errors[1]["error"]["code"], "duplicate_custom_id");
+}
+
+#[test]
+fn finalize_refuses_an_incomplete_job_naming_the_shard() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    write_requests(&input, 12);
+    let (model, input_s) = (minilm().display().to_string(), input.display().to_string());
+    let out = dir.path().join("out").display().to_string();
+    for shard in ["0/3", "1/3"] {
+        run_ok(&["run", "--model", &model, "--input", &input_s, "--output", &out, "--shard", shard]);
+    }
+    let refused = runner().args(["finalize", "--output", &out, "--shards", "3"]).output().expect("runs");
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("shard 2/3 is incomplete"), "{err}");
+    let wrong = runner().args(["finalize", "--output", &out, "--shards", "2"]).output().expect("runs");
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("has 3 shards, not 2"));
+}
