@@ -119,19 +119,10 @@ fn fatal_errors_are_one_clear_line() {
     let input = dir.path().join("in.jsonl");
     write_requests(&input, 2);
     let (i, o) = (input.display().to_string(), dir.path().join("out").display().to_string());
+    let model = minilm().display().to_string();
     let cases = [
         (vec!["--model", "/nonexistent/model", "--input", &i, "--output", &o], "no such folder"),
-        (
-            vec![
-                "--model",
-                &minilm().display().to_string(),
-                "--input",
-                "/nonexistent/in.jsonl",
-                "--output",
-                &o,
-            ],
-            "does not exist",
-        ),
+        (vec!["--model", &model, "--input", "/nonexistent/in.jsonl", "--output", &o], "does not exist"),
     ];
     for (args, needle) in cases {
         let out = runner().arg("run").args(&args).output().expect("runs");

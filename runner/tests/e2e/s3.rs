@@ -85,7 +85,7 @@ fn s3_input_model_and_output_match_a_local_run_with_live_progress() {
     let cache = dir.path().join("cache").display().to_string();
     let port = free_port();
 
-    let mut child = m
+    let child = m
         .runner()
         .args(["run", "--model", "s3://models/minilm/", "--input", "s3://data/in/requests.jsonl"])
         .args(["--output", "s3://data/out/", "--cache-dir", &cache, "--window", "40"])
