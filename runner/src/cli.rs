@@ -126,6 +126,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_progress: bool,
 
+    /// Benchmarks only: tokenize and write as usual but skip the model (zero vectors).
+    #[arg(long, hide = true)]
+    pub null_model: bool,
+
     #[command(flatten)]
     pub s3: S3Args,
 }

@@ -116,6 +116,7 @@ async fn run(args: RunArgs, bar: bool) -> ExitCode {
         cache_dir: args.cache_dir.unwrap_or_else(model_source::default_cache_dir),
         listen: args.listen,
         progress_bar: bar,
+        null_model: args.null_model,
     };
     let stop = Stop::default();
     stop.on_signals();

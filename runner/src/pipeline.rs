@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use crate::backend::{BackendError, Batch, Embedder, TextTokenizer};
+use crate::backend::{BackendError, Batch, Embedder, NullEmbedder, TextTokenizer};
 use crate::batcher;
 use crate::input::lines::{Line, LineBody, LineReader};
 use crate::input::openai::{EmbeddingInput, EncodingFormat, parse_line};
@@ -51,6 +51,8 @@ pub struct RunConfig {
     pub cache_dir: PathBuf,
     pub listen: Option<SocketAddr>,
     pub progress_bar: bool,
+    /// Benchmarks only: skip the model's forward pass and write zero vectors.
+    pub null_model: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -265,7 +267,13 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
         window: cfg.batching.window,
         range_start: range.0,
     };
-    let done = stages.run(model.embedder, reader, out, &mut cp, bar.as_ref()).await?;
+    let embedder: Box<dyn Embedder> = if cfg.null_model {
+        tracing::warn!("--null-model: writing zero vectors instead of running the model");
+        Box::new(NullEmbedder { dimensions: model.info.dimensions })
+    } else {
+        model.embedder
+    };
+    let done = stages.run(embedder, reader, out, &mut cp, bar.as_ref()).await?;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

@@ -62,3 +62,19 @@ pub trait Embedder: Send {
     /// and normalised as the model's own files say.
     fn embed(&mut self, batch: &Batch) -> Result<Vec<f32>, BackendError>;
 }
+
+/// Returns zero vectors without computing anything: measures everything around the model
+/// (reading, parsing, tokenizing, writing) in benchmarks.
+pub struct NullEmbedder {
+    pub dimensions: usize,
+}
+
+impl Embedder for NullEmbedder {
+    fn dimensions(&self) -> usize {
+        self.dimensions
+    }
+
+    fn embed(&mut self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
+        Ok(vec![0.0; batch.len() * self.dimensions])
+    }
+}
