@@ -45,6 +45,13 @@ pub fn run_ok(args: &[&str]) -> Output {
     out
 }
 
+/// `barge-runner run` of `input` into `output` on the real MiniLM, with `extra` flags; must succeed.
+pub fn run_local(input: &Path, output: &Path, extra: &[&str]) -> Output {
+    let (model, input, output) =
+        (minilm().display().to_string(), input.display().to_string(), output.display().to_string());
+    run_ok(&[&["run", "--model", &model, "--input", &input, "--output", &output][..], extra].concat())
+}
+
 pub fn embed_line(id: &str, text: &str) -> String {
     json!({"custom_id": id, "method": "POST", "url": "/v1/embeddings", "body": {"model": "minilm", "input": text}})
         .to_string()

@@ -30,17 +30,7 @@ fn embeddings_match_sentence_transformers_and_usage_counts_real_tokens() {
     );
     std::fs::write(&input, lines.join("\n")).expect("write");
     let out = dir.path().join("out");
-    run_ok(&[
-        "run",
-        "--model",
-        &minilm().display().to_string(),
-        "--input",
-        &input.display().to_string(),
-        "--output",
-        &out.display().to_string(),
-        "--max-batch-size",
-        "4",
-    ]);
+    run_local(&input, &out, &["--max-batch-size", "4"]);
     let results = read_jsonl(&out.join("results.jsonl"));
     assert_eq!(results.len(), sentences.len() + 1);
     let all = results.last().expect("the combined request");
@@ -75,15 +65,7 @@ fn base64_embeddings_decode_to_the_float_ones() {
     b64["body"]["encoding_format"] = json!("base64");
     std::fs::write(&input, format!("{float}\n{b64}\n")).expect("write");
     let out = dir.path().join("out");
-    run_ok(&[
-        "run",
-        "--model",
-        &minilm().display().to_string(),
-        "--input",
-        &input.display().to_string(),
-        "--output",
-        &out.display().to_string(),
-    ]);
+    run_local(&input, &out, &[]);
     let results = read_jsonl(&out.join("results.jsonl"));
     use base64::Engine;
     let text = results[1]["response"]["body"]["data"][0]["embedding"].as_str().expect("base64 text");

@@ -28,17 +28,7 @@ fn malformed_lines_land_in_errors_with_line_numbers_and_the_rest_succeed() {
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, lines.join("\n") + "\n").expect("write");
     let out = dir.path().join("out");
-    run_ok(&[
-        "run",
-        "--model",
-        &minilm().display().to_string(),
-        "--input",
-        &input.display().to_string(),
-        "--output",
-        &out.display().to_string(),
-        "--max-line-bytes",
-        "2000",
-    ]);
+    run_local(&input, &out, &["--max-line-bytes", "2000"]);
     let results = read_jsonl(&out.join("results.jsonl"));
     assert_eq!(custom_ids(&results), ["ok-1", "tokens", "ok-2"]);
     assert_eq!(results[1]["response"]["body"]["usage"]["prompt_tokens"], 4);

@@ -107,15 +107,7 @@ fn s3_input_model_and_output_match_a_local_run_with_live_progress() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let local_out = dir.path().join("local");
-    run_ok(&[
-        "run",
-        "--model",
-        &minilm().display().to_string(),
-        "--input",
-        &local_input.display().to_string(),
-        "--output",
-        &local_out.display().to_string(),
-    ]);
+    run_local(&local_input, &local_out, &[]);
     let remote = jsonl(&get(&m, "data", "out/results.jsonl").expect("results in S3"));
     let local = read_jsonl(&local_out.join("results.jsonl"));
     assert_eq!(custom_ids(&remote), custom_ids(&local));

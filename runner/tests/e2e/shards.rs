@@ -14,17 +14,13 @@ fn sharded_runs_and_finalize_equal_one_unsharded_run() {
     body.push_str("not json\n");
     body.push_str(&embed_line("req-7", "a repeated id in the last shard"));
     std::fs::write(&input, body).expect("write");
-    let (model, input_s) = (minilm().display().to_string(), input.display().to_string());
-
     let whole = dir.path().join("whole");
-    run_ok(&["run", "--model", &model, "--input", &input_s, "--output", &whole.display().to_string()]);
+    run_local(&input, &whole, &[]);
 
     let sharded = dir.path().join("sharded");
     let sharded_s = sharded.display().to_string();
     for shard in ["2/3", "0/3", "1/3"] {
-        let out = run_ok(&[
-            "run", "--model", &model, "--input", &input_s, "--output", &sharded_s, "--shard", shard,
-        ]);
+        let out = run_local(&input, &sharded, &["--shard", shard]);
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("finalize"),
             "a shard does not finalize itself"
@@ -58,11 +54,11 @@ fn finalize_refuses_an_incomplete_job_naming_the_shard() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("in.jsonl");
     write_requests(&input, 12);
-    let (model, input_s) = (minilm().display().to_string(), input.display().to_string());
-    let out = dir.path().join("out").display().to_string();
+    let out_dir = dir.path().join("out");
     for shard in ["0/3", "1/3"] {
-        run_ok(&["run", "--model", &model, "--input", &input_s, "--output", &out, "--shard", shard]);
+        run_local(&input, &out_dir, &["--shard", shard]);
     }
+    let out = out_dir.display().to_string();
     let refused = runner().args(["finalize", "--output", &out, "--shards", "3"]).output().expect("runs");
     assert_eq!(refused.status.code(), Some(1));
     let err = String::from_utf8_lossy(&refused.stderr);
