@@ -10,7 +10,10 @@ export BARGE_CACHE="${BARGE_CACHE:-$HOME/.cache/barge}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$BARGE_CACHE/target}"
 MODEL="$(scripts/fetch-model.sh minilm)"
 PY="$(scripts/ref-venv.sh)"
-cargo build --release --quiet -p barge-runner
+FEATURES="$(scripts/features.sh)"
+# shellcheck disable=SC2086
+cargo build --release --quiet -p barge-runner $FEATURES
+echo "runner features: ${FEATURES:-default (no OpenBLAS)}"
 RUNNER="$CARGO_TARGET_DIR/release/barge-runner"
 WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT
 

@@ -9,8 +9,11 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$BARGE_CACHE/target}"
 OUT="${1:-barge-quickstart-output}"
 
 MODEL="$(scripts/fetch-model.sh minilm)"
+FEATURES="$(scripts/features.sh)"
+[[ -n "$FEATURES" ]] || echo "note: without libopenblas-dev the runner uses candle's slower CPU GEMM" >&2
 echo "building barge-runner (the first build takes a while)..." >&2
-cargo build --release --quiet -p barge-runner
+# shellcheck disable=SC2086
+cargo build --release --quiet -p barge-runner $FEATURES
 "$CARGO_TARGET_DIR/release/barge-runner" run \
   --model "$MODEL" --input examples/embeddings.jsonl --output "$OUT" --overwrite
 echo

@@ -11,5 +11,12 @@ BARGE_MINILM_DIR="$(scripts/fetch-model.sh minilm)"
 BARGE_MINIO="$(scripts/build-minio.sh)"
 export BARGE_MINILM_DIR BARGE_MINIO
 
+# The tests cover the CPU path production uses: BERT's Linear layers through OpenBLAS.
+FEATURES="$(scripts/features.sh)"
+if [[ -z "$FEATURES" ]]; then
+  echo "libopenblas is not installed (Debian/Ubuntu: apt-get install libopenblas-dev)" >&2
+  exit 1
+fi
 # --release: the tests run the real model, and one optimised build serves tests and binaries.
-cargo test --workspace --release "$@"
+# shellcheck disable=SC2086
+cargo test --workspace --release $FEATURES "$@"

@@ -2,6 +2,9 @@
 //! backend traits. Models depend on the backend; this module, above them, picks one.
 
 pub mod bert;
+#[cfg(feature = "openblas")]
+mod blas;
+pub mod cpu_ops;
 pub mod pooling;
 
 use std::path::Path;
