@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Module, Result as CandleResult, Tensor};
+use candle_core::{DType, Device, Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 
@@ -260,7 +260,3 @@ impl Embedder for BertEmbedder {
         })
     }
 }
-
-// `Module` is imported for candle's trait methods on tensors used above.
-#[allow(unused_imports)]
-use Module as _;
