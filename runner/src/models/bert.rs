@@ -97,26 +97,41 @@ impl Layer {
         })
     }
 
-    /// `x`: (n·len, hidden); `mask`: (n, 1, 1, len), 0 for tokens and a large negative for padding.
+    /// `x`: (n·len, hidden); `mask`: what [`Attention`] needs to ignore padding.
     fn forward(
         &self,
         x: &Tensor,
-        mask: &Tensor,
+        mask: &Attention,
         (n, len, heads): (usize, usize, usize),
     ) -> CandleResult<Tensor> {
         let hidden = x.dim(1)?;
         let d = hidden / heads;
-        let qkv = self.qkv.forward(x)?.reshape((n, len, 3, heads, d))?.permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.get(0)?.contiguous()? * (1.0 / (d as f64).sqrt()))?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((n * len, hidden))?;
+        let qkv = self.qkv.forward(x)?;
+        let context = match mask {
+            #[cfg(feature = "openblas")]
+            Attention::Fused(op) => qkv.apply_op1_no_bwd(op)?,
+            Attention::Additive(mask) => {
+                let qkv = qkv.reshape((n, len, 3, heads, d))?.permute((2, 0, 3, 1, 4))?;
+                let q = (qkv.get(0)?.contiguous()? * (1.0 / (d as f64).sqrt()))?;
+                let k = qkv.get(1)?.contiguous()?;
+                let v = qkv.get(2)?.contiguous()?;
+                let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((n * len, hidden))?
+            }
+        };
         let attended = self.attention_norm.forward(&(self.attention_out.forward(&context)? + x)?)?;
         let inner = self.intermediate.forward(&attended)?;
         self.output_norm.forward(&(self.output.forward(&inner)? + &attended)?)
     }
+}
+
+/// How a layer ignores padding: the fused CPU kernel knows each sequence's length; candle's ops
+/// add a large negative to padded keys' scores, as Hugging Face does.
+enum Attention {
+    #[cfg(feature = "openblas")]
+    Fused(cpu_ops::FusedAttention),
+    Additive(Tensor),
 }
 
 pub struct BertEmbedder {
@@ -201,21 +216,33 @@ pub fn load(dir: &Path, config: &[u8], device: &Device) -> Result<EmbeddingModel
 }
 
 impl BertEmbedder {
-    /// Token states, (n, len, hidden).
-    fn encode(&self, ids: &Tensor, mask: &Tensor) -> CandleResult<Tensor> {
+    /// Token states, (n, len, hidden); `lengths` are the sequences' unpadded lengths.
+    fn encode(&self, ids: &Tensor, mask: &Tensor, lengths: Vec<usize>) -> CandleResult<Tensor> {
         let (n, len) = ids.dims2()?;
         let words = self.word.index_select(&ids.flatten_all()?, 0)?.reshape((n, len, self.dimensions))?;
         let position = self.position.narrow(0, 0, len)?;
         let token_type = self.token_type.narrow(0, 0, 1)?; // every input is one segment
         let x = words.broadcast_add(&position)?.broadcast_add(&token_type)?;
         let mut x = self.embedding_norm.forward(&x.reshape((n * len, self.dimensions))?)?;
-        // As Hugging Face does: padding gets the most negative float, so softmax gives it zero.
-        let additive =
-            ((mask.to_dtype(DType::F32)? - 1.0)? * f64::from(f32::MAX))?.reshape((n, 1, 1, len))?;
+        let attention = self.attention_mask(mask, lengths)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &additive, (n, len, self.heads))?;
+            x = layer.forward(&x, &attention, (n, len, self.heads))?;
         }
         x.reshape((n, len, self.dimensions))
+    }
+
+    fn attention_mask(&self, mask: &Tensor, lengths: Vec<usize>) -> CandleResult<Attention> {
+        #[cfg(feature = "openblas")]
+        if self.device.is_cpu() {
+            let op = cpu_ops::FusedAttention { heads: self.heads, lengths: Arc::new(lengths) };
+            return Ok(Attention::Fused(op));
+        }
+        let _ = lengths;
+        let (n, len) = mask.dims2()?;
+        // Padding gets the most negative float, so softmax gives it zero.
+        let additive =
+            ((mask.to_dtype(DType::F32)? - 1.0)? * f64::from(f32::MAX))?.reshape((n, 1, 1, len))?;
+        Ok(Attention::Additive(additive))
     }
 
     fn forward(&self, batch: &Batch) -> CandleResult<Vec<f32>> {
@@ -229,7 +256,8 @@ impl BertEmbedder {
         }
         let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
-        let states = self.encode(&ids, &mask)?;
+        let lengths = (0..n).map(|i| batch.seq(i).len()).collect();
+        let states = self.encode(&ids, &mask, lengths)?;
         let pooled = match self.pooling {
             Pooling::Cls => states.narrow(1, 0, 1)?.squeeze(1)?,
             Pooling::Mean => {

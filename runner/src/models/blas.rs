@@ -52,6 +52,61 @@ pub fn sgemm_nt(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], out: &mut [f
     }
 }
 
+/// General row-major `c = a·b` (with `a` or `b` transposed when asked) over strided
+/// sub-matrices: `lda`, `ldb`, `ldc` are the row strides of the buffers the slices start in.
+#[allow(clippy::too_many_arguments)] // BLAS's own shape, kept whole so call sites read like it
+pub fn sgemm_strided(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    b_transposed: bool,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    // The last element each operand reaches, so OpenBLAS never leaves the slices.
+    let last_b = if b_transposed { (n - 1) * ldb + k } else { (k - 1) * ldb + n };
+    assert!(
+        m > 0
+            && n > 0
+            && k > 0
+            && a.len() >= (m - 1) * lda + k
+            && b.len() >= last_b
+            && c.len() >= (m - 1) * ldc + n,
+        "sgemm_strided got slices smaller than its {m}x{n}x{k} shape — this is a bug"
+    );
+    assert!(
+        lda >= k && ldc >= n && ldb >= if b_transposed { k } else { n },
+        "bad leading dimensions — this is a bug"
+    );
+    single_threaded();
+    let as_i32 = |v: usize| {
+        i32::try_from(v).unwrap_or_else(|_| panic!("BLAS dimension {v} exceeds i32 — this is a bug"))
+    };
+    let trans_b = if b_transposed { CBLAS_TRANSPOSE::CblasTrans } else { CBLAS_TRANSPOSE::CblasNoTrans };
+    // SAFETY: the asserts above keep every element read or written inside the three slices for
+    // these shapes and strides; OpenBLAS keeps no pointer after returning.
+    unsafe {
+        cblas_sgemm(
+            CBLAS_LAYOUT::CblasRowMajor,
+            CBLAS_TRANSPOSE::CblasNoTrans,
+            trans_b,
+            as_i32(m),
+            as_i32(n),
+            as_i32(k),
+            1.0,
+            a.as_ptr(),
+            as_i32(lda),
+            b.as_ptr(),
+            as_i32(ldb),
+            0.0,
+            c.as_mut_ptr(),
+            as_i32(ldc),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

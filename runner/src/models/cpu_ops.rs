@@ -109,6 +109,74 @@ impl CustomOp1 for BiasEpilogue<'_> {
     }
 }
 
+/// Self-attention of one layer on the CPU, straight from the fused Q|K|V projection:
+/// `qkv` is (n·len, 3·hidden) and the result the per-head contexts side by side, (n·len, hidden).
+/// Padding keys get zero weight; padded queries are computed but never read by valid tokens.
+#[cfg(feature = "openblas")]
+pub struct FusedAttention {
+    pub heads: usize,
+    /// Tokens of each batch item before its padding.
+    pub lengths: Arc<Vec<usize>>,
+}
+
+#[cfg(feature = "openblas")]
+impl CustomOp1 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "barge-fused-attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = contiguous_f32(storage, layout, self.name())?;
+        let (rows, width) = layout.shape().dims2()?;
+        let n = self.lengths.len();
+        if n == 0 || rows % n != 0 || width % (3 * self.heads) != 0 {
+            candle_core::bail!(
+                "fused attention got {rows}x{width} for {n} sequences of {} heads",
+                self.heads
+            );
+        }
+        let (len, hidden) = (rows / n, width / 3);
+        let d = hidden / self.heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0f32; rows * hidden];
+        // One batch item per task: its rows of `out` are one contiguous block.
+        out.par_chunks_mut(len * hidden)
+            .zip(qkv.par_chunks(len * width))
+            .zip(self.lengths.par_iter())
+            .for_each(|((out, qkv), &valid)| {
+                let valid = valid.clamp(1, len);
+                let mut scores = vec![0f32; len * valid];
+                for h in 0..self.heads {
+                    let (q, k, v) = (&qkv[h * d..], &qkv[hidden + h * d..], &qkv[2 * hidden + h * d..]);
+                    // scores (len × valid) = Q·Kᵀ over the valid keys only.
+                    super::blas::sgemm_strided((len, valid, d), q, width, k, width, true, &mut scores, valid);
+                    for row in scores.chunks_exact_mut(valid) {
+                        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
+                        let mut sum = 0.0;
+                        for x in row.iter_mut() {
+                            *x = (*x * scale - max).exp();
+                            sum += *x;
+                        }
+                        let inv = 1.0 / sum;
+                        row.iter_mut().for_each(|x| *x *= inv);
+                    }
+                    // context (len × d, row stride hidden) = P·V.
+                    super::blas::sgemm_strided(
+                        (len, d, valid),
+                        &scores,
+                        valid,
+                        v,
+                        width,
+                        false,
+                        &mut out[h * d..],
+                        hidden,
+                    );
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((rows, hidden))))
+    }
+}
+
 /// `x·Wᵀ + b` (then GELU when `gelu`): through the fused CPU kernels where `fused` was built
 /// (CPU weights), elsewhere through candle's ops.
 pub fn linear(
@@ -190,6 +258,33 @@ mod tests {
             let diff = (fused - plain)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
             assert!(diff < 1e-5, "gelu={gelu_after}: max difference {diff}");
         }
+        Ok(())
+    }
+
+    #[cfg(feature = "openblas")]
+    #[test]
+    fn fused_attention_equals_masked_softmax_attention_in_candle_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, len, heads, d) = (3, 7, 4, 8);
+        let hidden = heads * d;
+        let lengths = vec![7, 5, 1];
+        let values: Vec<f32> =
+            (0..n * len * 3 * hidden).map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.8).collect();
+        let qkv = Tensor::from_vec(values, (n * len, 3 * hidden), &dev)?;
+        let op = FusedAttention { heads, lengths: Arc::new(lengths.clone()) };
+        let fused = qkv.apply_op1_no_bwd(&op)?;
+
+        let mask: Vec<f32> =
+            lengths.iter().flat_map(|&l| (0..len).map(move |j| if j < l { 0.0 } else { f32::MIN })).collect();
+        let mask = Tensor::from_vec(mask, (n, 1, 1, len), &dev)?;
+        let split = qkv.reshape((n, len, 3, heads, d))?.permute((2, 0, 3, 1, 4))?;
+        let q = (split.get(0)?.contiguous()? * (1.0 / (d as f64).sqrt()))?;
+        let (k, v) = (split.get(1)?.contiguous()?, split.get(2)?.contiguous()?);
+        let probs = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?.broadcast_add(&mask)?)?;
+        let reference = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((n * len, hidden))?;
+
+        let diff = (fused - reference)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "max difference {diff}");
         Ok(())
     }
 }
