@@ -210,3 +210,32 @@ fn refused_credentials_and_missing_buckets_are_named_without_leaking_secrets() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("no-such-bucket") && stderr.contains("does not exist"), "{stderr}");
 }
+
+#[test]
+fn outputs_larger_than_a_part_go_up_in_parts_and_read_back_whole() {
+    let m = Minio::start();
+    create_bucket(&m, "data");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    write_requests(&input, 8000);
+    put(&m, "data", "in.jsonl", std::fs::read(&input).expect("input"));
+    // No model work: this is about storage. 8,000 zero vectors are ~14 MB of results, more
+    // than one 8 MiB multipart part.
+    let out = m
+        .runner()
+        .args(["run", "--model", &minilm().display().to_string(), "--input", "s3://data/in.jsonl"])
+        .args(["--output", "s3://data/big/", "--null-model"])
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let etag = block_on(m.client().head_object().bucket("data").key("big/results.jsonl").send())
+        .expect("results exist")
+        .e_tag()
+        .unwrap_or_default()
+        .to_string();
+    assert!(etag.contains('-'), "a multipart upload's ETag ends in -<parts>, got {etag}");
+    let results = jsonl(&get(&m, "data", "big/results.jsonl").expect("results"));
+    assert!(get(&m, "data", "big/results.jsonl").expect("results").len() > 8 * 1024 * 1024);
+    let expected: Vec<String> = (0..8000).map(|i| format!("req-{i}")).collect();
+    assert_eq!(custom_ids(&results), expected);
+}
