@@ -3,46 +3,18 @@
 //! pass, OpenBLAS with the `openblas` feature); on a GPU the same maths runs as candle ops.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use candle_core::{DType, Device, Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 
-use super::cpu_ops::{self, FusedLinear};
+use super::cpu_ops::Linear;
 use super::{EmbeddingModel, ModelError, ModelInfo, Pooling, SentenceConfig};
 use crate::backend::{BackendError, Batch, Embedder, TextTokenizer};
 
-/// A Linear layer, optionally followed by GELU.
-struct Dense {
-    weight: Tensor,
-    bias: Tensor,
-    gelu: bool,
-    /// The CPU kernel, with its own copy of the weights in the layout it wants.
-    fused: Option<FusedLinear>,
-}
-
-impl Dense {
-    fn new(weight: Tensor, bias: Tensor, gelu: bool) -> CandleResult<Self> {
-        let fused = if weight.device().is_cpu() {
-            Some(FusedLinear {
-                weight: Arc::new(weight.flatten_all()?.to_vec1::<f32>()?),
-                bias: Arc::new(bias.to_vec1::<f32>()?),
-                gelu,
-            })
-        } else {
-            None
-        };
-        Ok(Dense { weight, bias, gelu, fused })
-    }
-
-    fn load(vb: &VarBuilder, (out, inp): (usize, usize), gelu: bool) -> CandleResult<Self> {
-        Self::new(vb.get((out, inp), "weight")?, vb.get(out, "bias")?, gelu)
-    }
-
-    fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
-        cpu_ops::linear(x, &self.weight, &self.bias, self.gelu, self.fused.as_ref())
-    }
+/// The Linear layer stored under `vb` (`weight` and `bias`).
+fn dense(vb: &VarBuilder, (out, inp): (usize, usize), gelu: bool) -> CandleResult<Linear> {
+    Linear::new(vb.get((out, inp), "weight")?, vb.get(out, "bias")?, gelu)
 }
 
 struct LayerNorm {
@@ -68,11 +40,11 @@ impl LayerNorm {
 
 struct Layer {
     /// Query, key and value in one GEMM (3 × hidden outputs).
-    qkv: Dense,
-    attention_out: Dense,
+    qkv: Linear,
+    attention_out: Linear,
     attention_norm: LayerNorm,
-    intermediate: Dense,
-    output: Dense,
+    intermediate: Linear,
+    output: Linear,
     output_norm: LayerNorm,
 }
 
@@ -86,13 +58,13 @@ impl Layer {
         };
         let (q, k, v) = (get("query")?, get("key")?, get("value")?);
         let qkv =
-            Dense::new(Tensor::cat(&[&q.0, &k.0, &v.0], 0)?, Tensor::cat(&[&q.1, &k.1, &v.1], 0)?, false)?;
+            Linear::new(Tensor::cat(&[&q.0, &k.0, &v.0], 0)?, Tensor::cat(&[&q.1, &k.1, &v.1], 0)?, false)?;
         Ok(Layer {
             qkv,
-            attention_out: Dense::load(&attn.pp("output").pp("dense"), (h, h), false)?,
+            attention_out: dense(&attn.pp("output").pp("dense"), (h, h), false)?,
             attention_norm: LayerNorm::load(&attn.pp("output").pp("LayerNorm"), h, c.layer_norm_eps)?,
-            intermediate: Dense::load(&vb.pp("intermediate").pp("dense"), (i, h), true)?,
-            output: Dense::load(&vb.pp("output").pp("dense"), (h, i), false)?,
+            intermediate: dense(&vb.pp("intermediate").pp("dense"), (i, h), true)?,
+            output: dense(&vb.pp("output").pp("dense"), (h, i), false)?,
             output_norm: LayerNorm::load(&vb.pp("output").pp("LayerNorm"), h, c.layer_norm_eps)?,
         })
     }
@@ -130,7 +102,7 @@ impl Layer {
 /// add a large negative to padded keys' scores, as Hugging Face does.
 enum Attention {
     #[cfg(feature = "openblas")]
-    Fused(cpu_ops::FusedAttention),
+    Fused(super::cpu_ops::FusedAttention),
     Additive(Tensor),
 }
 
@@ -234,7 +206,8 @@ impl BertEmbedder {
     fn attention_mask(&self, mask: &Tensor, lengths: Vec<usize>) -> CandleResult<Attention> {
         #[cfg(feature = "openblas")]
         if self.device.is_cpu() {
-            let op = cpu_ops::FusedAttention { heads: self.heads, lengths: Arc::new(lengths) };
+            let op =
+                super::cpu_ops::FusedAttention { heads: self.heads, lengths: std::sync::Arc::new(lengths) };
             return Ok(Attention::Fused(op));
         }
         let _ = lengths;

@@ -2,6 +2,7 @@
 //! (and GELU) applied in the same pass over the output, and a GELU whose erf is a rational
 //! polynomial the compiler vectorises (libm's scalar erf took 13 % of a MiniLM forward pass).
 
+#[cfg(feature = "openblas")]
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -58,6 +59,7 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Res
 }
 
 /// `x·Wᵀ + b`, optionally followed by GELU, for a 2-D `x` of shape (rows, in).
+#[cfg(feature = "openblas")]
 pub struct FusedLinear {
     /// (out, in), row-major: the layout checkpoints store.
     pub weight: Arc<Vec<f32>>,
@@ -92,19 +94,22 @@ impl CustomOp1 for FusedLinear {
 
 /// Without OpenBLAS: candle's GEMM, then bias (and GELU) in one parallel pass.
 #[cfg(not(feature = "openblas"))]
-struct BiasEpilogue<'a>(&'a FusedLinear);
+pub struct BiasEpilogue {
+    pub bias: Vec<f32>,
+    pub gelu: bool,
+}
 
 #[cfg(not(feature = "openblas"))]
-impl CustomOp1 for BiasEpilogue<'_> {
+impl CustomOp1 for BiasEpilogue {
     fn name(&self) -> &'static str {
         "barge-bias-epilogue"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let mut out = contiguous_f32(storage, layout, self.name())?.to_vec();
-        let n = self.0.bias.len();
+        let n = self.bias.len();
         let block = (out.len() / n).div_ceil(rayon::current_num_threads()).max(1) * n;
-        out.par_chunks_mut(block).for_each(|rows| bias_epilogue(rows, &self.0.bias, self.0.gelu));
+        out.par_chunks_mut(block).for_each(|rows| bias_epilogue(rows, &self.bias, self.gelu));
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -177,23 +182,59 @@ impl CustomOp1 for FusedAttention {
     }
 }
 
-/// `x·Wᵀ + b` (then GELU when `gelu`): through the fused CPU kernels where `fused` was built
-/// (CPU weights), elsewhere through candle's ops.
-pub fn linear(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    gelu: bool,
-    fused: Option<&FusedLinear>,
-) -> Result<Tensor> {
-    match fused {
-        #[cfg(feature = "openblas")]
-        Some(op) if x.device().is_cpu() => x.contiguous()?.apply_op1_no_bwd(op),
+/// A Linear layer, optionally followed by GELU, holding its weights once, in the form its
+/// device runs fastest.
+pub enum Linear {
+    /// CPU with OpenBLAS: the weights live only in the fused op.
+    #[cfg(feature = "openblas")]
+    Fused(FusedLinear),
+    /// Candle's GEMM; on the CPU the bias (and GELU) then run as one fused epilogue.
+    Candle {
+        weight: Tensor,
+        bias: Tensor,
+        gelu: bool,
         #[cfg(not(feature = "openblas"))]
-        Some(op) if x.device().is_cpu() => x.matmul(&weight.t()?)?.apply_op1_no_bwd(&BiasEpilogue(op)),
-        _ => {
-            let y = x.matmul(&weight.t()?)?.broadcast_add(bias)?;
-            if gelu { y.gelu_erf() } else { Ok(y) }
+        epilogue: Option<BiasEpilogue>,
+    },
+}
+
+impl Linear {
+    /// `weight` is (out, in) and `bias` (out), as checkpoints store them.
+    pub fn new(weight: Tensor, bias: Tensor, gelu: bool) -> Result<Self> {
+        #[cfg(feature = "openblas")]
+        if weight.device().is_cpu() {
+            return Ok(Linear::Fused(FusedLinear {
+                weight: Arc::new(weight.flatten_all()?.to_vec1::<f32>()?),
+                bias: Arc::new(bias.to_vec1::<f32>()?),
+                gelu,
+            }));
+        }
+        #[cfg(not(feature = "openblas"))]
+        let epilogue = if weight.device().is_cpu() {
+            Some(BiasEpilogue { bias: bias.to_vec1::<f32>()?, gelu })
+        } else {
+            None
+        };
+        Ok(Linear::Candle {
+            weight,
+            bias,
+            gelu,
+            #[cfg(not(feature = "openblas"))]
+            epilogue,
+        })
+    }
+
+    /// `x·Wᵀ + b`, then GELU when the layer has it.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            #[cfg(feature = "openblas")]
+            Linear::Fused(op) => x.contiguous()?.apply_op1_no_bwd(op),
+            #[cfg(not(feature = "openblas"))]
+            Linear::Candle { weight, epilogue: Some(op), .. } => x.matmul(&weight.t()?)?.apply_op1_no_bwd(op),
+            Linear::Candle { weight, bias, gelu, .. } => {
+                let y = x.matmul(&weight.t()?)?.broadcast_add(bias)?;
+                if *gelu { y.gelu_erf() } else { Ok(y) }
+            }
         }
     }
 }
@@ -244,15 +285,10 @@ mod tests {
         )?;
         let w_vec: Vec<f32> = (0..out * inp).map(|i| ((i * 5) % 11) as f32 / 20.0 - 0.25).collect();
         let b_vec: Vec<f32> = (0..out).map(|i| i as f32 / 50.0 - 0.3).collect();
-        let w = Tensor::from_vec(w_vec.clone(), (out, inp), &dev)?;
-        let b = Tensor::from_vec(b_vec.clone(), out, &dev)?;
+        let w = Tensor::from_vec(w_vec, (out, inp), &dev)?;
+        let b = Tensor::from_vec(b_vec, out, &dev)?;
         for gelu_after in [false, true] {
-            let op = FusedLinear {
-                weight: Arc::new(w_vec.clone()),
-                bias: Arc::new(b_vec.clone()),
-                gelu: gelu_after,
-            };
-            let fused = linear(&x, &w, &b, gelu_after, Some(&op))?;
+            let fused = Linear::new(w.clone(), b.clone(), gelu_after)?.forward(&x)?;
             let plain = x.matmul(&w.t()?)?.broadcast_add(&b)?;
             let plain = if gelu_after { plain.gelu_erf()? } else { plain };
             let diff = (fused - plain)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
