@@ -71,6 +71,20 @@ async fn digest_files(dir: &Path, keys: Vec<(String, u64)>) -> Result<Vec<FileDi
     .expect("hashing does not panic")
 }
 
+/// Digests recorded earlier, or `None` when absent or unreadable (then they are recomputed).
+async fn read_digests(path: &Path) -> Option<Vec<FileDigest>> {
+    let bytes = tokio::fs::read(path).await.ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+async fn write_digests(path: &Path, files: &[FileDigest]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let body = serde_json::to_vec_pretty(files).expect("serialising plain data cannot fail");
+    tokio::fs::write(path, body).await
+}
+
 fn combined_etag(uri: &str, objects: &[storage::ObjectMeta]) -> String {
     let mut text = uri.to_string();
     for o in objects {
@@ -94,7 +108,16 @@ pub async fn resolve(
             let objects: Vec<_> =
                 store.list("").await?.into_iter().filter(|o| is_model_file(&o.key)).collect();
             let etag = combined_etag(&location.to_string(), &objects);
+            // The etag covers every file's size and modification time, so hashes recorded
+            // under it stay valid; without this every run and shard re-reads the whole model.
+            let record = cache_dir.join("digests").join(format!("{etag}.json"));
+            if let Some(files) = read_digests(&record).await {
+                return Ok(ResolvedModel { dir: path.clone(), etag, files });
+            }
             let files = digest_files(path, objects.into_iter().map(|o| (o.key, o.size)).collect()).await?;
+            if let Err(e) = write_digests(&record, &files).await {
+                tracing::warn!(path = %record.display(), error = %e, "cannot record the model's digests");
+            }
             Ok(ResolvedModel { dir: path.clone(), etag, files })
         }
         Location::S3 { .. } => fetch_s3(location, s3, cache_dir).await,
@@ -118,9 +141,7 @@ async fn fetch_s3(
         move |source| FetchError::Cache { path, source }
     };
     let digests_path = dir.join(".barge-digests.json");
-    if let Ok(bytes) = tokio::fs::read(&digests_path).await
-        && let Ok(files) = serde_json::from_slice::<Vec<FileDigest>>(&bytes)
-    {
+    if let Some(files) = read_digests(&digests_path).await {
         tracing::info!(model = %location, cache = %dir.display(), "model found in the cache");
         return Ok(ResolvedModel { dir, etag, files });
     }
@@ -138,8 +159,7 @@ async fn fetch_s3(
         store.download(&o.key, &dest).await?;
     }
     let files = digest_files(&temp, objects.iter().map(|o| (o.key.clone(), o.size)).collect()).await?;
-    let body = serde_json::to_vec_pretty(&files).expect("serialising plain data cannot fail");
-    tokio::fs::write(temp.join(".barge-digests.json"), body).await.map_err(cache_err(&temp))?;
+    write_digests(&temp.join(".barge-digests.json"), &files).await.map_err(cache_err(&temp))?;
     match tokio::fs::rename(&temp, &dir).await {
         Ok(()) => {}
         // Another runner on the same node finished first: its copy is as good as ours.
@@ -175,5 +195,24 @@ mod tests {
         assert_eq!(m.dir, dir.path());
         assert_eq!(m.files.len(), 1);
         assert_eq!(m.files[0].sha256, "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a");
+    }
+
+    #[tokio::test]
+    async fn local_digests_are_computed_once_per_model_version() {
+        let (model, cache) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+        let config = model.path().join("config.json");
+        std::fs::write(&config, "{}").expect("write");
+        let location = Location::Local(model.path().to_path_buf());
+        let first = resolve(&location, &None, cache.path()).await.expect("resolves");
+        let record = cache.path().join("digests").join(format!("{}.json", first.etag));
+        // A planted record is what a second resolve returns: it did not hash again.
+        let planted = vec![FileDigest { name: "config.json".into(), size: 2, sha256: "planted".into() }];
+        write_digests(&record, &planted).await.expect("write");
+        assert_eq!(resolve(&location, &None, cache.path()).await.expect("resolves").files, planted);
+        // A changed file is another version: new etag, fresh hashes.
+        std::fs::write(&config, "{ }").expect("write");
+        let changed = resolve(&location, &None, cache.path()).await.expect("resolves");
+        assert_ne!(changed.etag, first.etag);
+        assert_ne!(changed.files[0].sha256, "planted");
     }
 }
