@@ -144,6 +144,11 @@ pub struct FinalizeArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub shards: u32,
 
+    /// Merge what the shards finished even though some did not (a cancelled or expired job);
+    /// the requests they never ran are counted as `unprocessed` in the manifest.
+    #[arg(long)]
+    pub partial: bool,
+
     /// Write the final counts here as JSON at exit [default: /dev/termination-log when it exists].
     #[arg(long, env = "BARGE_TERMINATION_MESSAGE_PATH")]
     pub termination_message_path: Option<PathBuf>,
@@ -165,7 +170,7 @@ pub struct S3Args {
     pub region: Option<String>,
 
     /// Path-style bucket addressing [default: true when an endpoint is set].
-    #[arg(long = "s3-force-path-style")]
+    #[arg(long = "s3-force-path-style", env = "BARGE_S3_FORCE_PATH_STYLE")]
     pub force_path_style: Option<bool>,
 }
 

@@ -89,6 +89,7 @@ fn fail(path: Option<&Path>, shard: Option<barge_api::ShardId>, error: &dyn std:
             shard,
             outcome: Outcome::Failed,
             counts: Counts::default(),
+            unprocessed: 0,
             message: Some(message),
         };
         write_termination_message(path, &msg);
@@ -126,8 +127,13 @@ async fn run(args: RunArgs, bar: bool) -> ExitCode {
             report(&summary);
             let outcome = if summary.done { Outcome::Done } else { Outcome::Interrupted };
             if let Some(path) = &termination {
-                let msg =
-                    TerminationMessage { shard: Some(shard), outcome, counts: summary.counts, message: None };
+                let msg = TerminationMessage {
+                    shard: Some(shard),
+                    outcome,
+                    counts: summary.counts,
+                    unprocessed: 0,
+                    message: None,
+                };
                 write_termination_message(path, &msg);
             }
             if summary.done { ExitCode::SUCCESS } else { ExitCode::from(EXIT_INTERRUPTED) }
@@ -178,21 +184,58 @@ async fn run_finalize(args: FinalizeArgs) -> ExitCode {
     let termination = termination_path(args.termination_message_path.clone());
     let s3 = if args.output.is_s3() { Some(storage::s3_client(&args.s3.options()).await) } else { None };
     let store = storage::open(&args.output, &s3);
-    match finalize::finalize(store.as_ref(), args.shards).await {
+    let merged = if args.partial {
+        match partial_input(store.as_ref(), &s3, &args).await {
+            Ok(input) => finalize::finalize_partial(store.as_ref(), args.shards, input).await,
+            Err(e) => return fail(termination.as_deref(), None, e.as_ref()),
+        }
+    } else {
+        finalize::finalize(store.as_ref(), args.shards).await
+    };
+    match merged {
         Ok(m) => {
             let counts = pipeline::manifest_counts(&m);
             eprintln!(
-                "finalized {} shards: {} requests ({} ok, {} failed)",
-                args.shards, m.request_counts.total, m.request_counts.completed, m.request_counts.failed
+                "finalized {} shards: {} requests ({} ok, {} failed){}",
+                args.shards,
+                m.request_counts.total,
+                m.request_counts.completed,
+                m.request_counts.failed,
+                if m.partial { format!("; {} never ran", m.unprocessed) } else { String::new() }
             );
             eprintln!("results: {}", m.outputs.results);
             eprintln!("errors:  {}", m.outputs.errors);
             if let Some(path) = &termination {
-                let msg = TerminationMessage { shard: None, outcome: Outcome::Done, counts, message: None };
+                let msg = TerminationMessage {
+                    shard: None,
+                    outcome: Outcome::Done,
+                    counts,
+                    unprocessed: m.unprocessed,
+                    message: None,
+                };
                 write_termination_message(path, &msg);
             }
             ExitCode::SUCCESS
         }
         Err(e) => fail(termination.as_deref(), None, &e),
     }
+}
+
+/// Where a partial finalize reads the job's input from: the URI its job record names.
+async fn partial_input(
+    store: &dyn storage::ObjectStore,
+    s3: &Option<aws_sdk_s3::Client>,
+    args: &FinalizeArgs,
+) -> Result<finalize::InputAccess, Box<dyn std::error::Error + Send + Sync>> {
+    let job = finalize::read_job(store)
+        .await?
+        .ok_or_else(|| format!("{} holds no job (no _barge/job.json): nothing to finalize", store.uri("")))?;
+    let input: barge_runner::location::Location = job.spec.input.parse()?;
+    let (folder, key) =
+        input.split_file().ok_or_else(|| format!("the job's input {} is not a file", job.spec.input))?;
+    let s3 = match (s3, input.is_s3()) {
+        (None, true) => Some(storage::s3_client(&args.s3.options()).await),
+        _ => s3.clone(),
+    };
+    Ok(finalize::InputAccess { store: storage::open(&folder, &s3), key })
 }

@@ -226,7 +226,8 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
     }
 
     let metrics = Arc::new(Metrics::new());
-    let progress = Arc::new(ProgressState::new(cfg.shard, cp.counts));
+    let range = shard_range(input_meta.size, cfg.shard);
+    let progress = Arc::new(ProgressState::new(cfg.shard, cp.counts, range, cp.next_offset));
     if let Some(addr) = cfg.listen {
         let bound = progress::serve(addr, progress.clone(), metrics.clone())
             .await
@@ -234,7 +235,6 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
         tracing::info!(%bound, "serving /progress and /metrics");
     }
 
-    let range = shard_range(input_meta.size, cfg.shard);
     let reader = if cp.chunks == 0 && cp.counts.lines == 0 {
         LineReader::open_shard(stores.input.clone(), &stores.input_key, range, cfg.max_line_bytes).await?
     } else {
@@ -659,7 +659,7 @@ impl Stages {
         cp.counts.add(&counts);
         cp.updated = crate::clock::now_rfc3339();
         checkpoint::save(out, cp).await?;
-        self.progress.add(&counts);
+        self.progress.add(&counts, end_offset);
         self.metrics.requests.with_label_values(&["completed"]).inc_by(counts.completed);
         self.metrics.requests.with_label_values(&["failed"]).inc_by(counts.failed);
         self.metrics.prompt_tokens.inc_by(counts.prompt_tokens);

@@ -30,15 +30,25 @@ struct Inner {
     /// Done by this process, for rates.
     session: Counts,
     done: bool,
+    /// Absolute offsets: where the shard's range starts and ends, and the checkpointed position.
+    range: (u64, u64),
+    position: u64,
 }
 
 impl ProgressState {
-    pub fn new(shard: ShardId, resumed: Counts) -> Self {
+    /// `range` is the shard's byte range and `position` the offset it resumes from.
+    pub fn new(shard: ShardId, resumed: Counts, range: (u64, u64), position: u64) -> Self {
         ProgressState {
             shard,
             started: crate::clock::now_rfc3339(),
             clock: Instant::now(),
-            inner: Mutex::new(Inner { total: resumed, session: Counts::default(), done: false }),
+            inner: Mutex::new(Inner {
+                total: resumed,
+                session: Counts::default(),
+                done: false,
+                range,
+                position,
+            }),
         }
     }
 
@@ -47,14 +57,18 @@ impl ProgressState {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn add(&self, window: &Counts) {
+    /// Counts one checkpointed window that ended at input offset `position`.
+    pub fn add(&self, window: &Counts, position: u64) {
         let mut inner = self.lock();
         inner.total.add(window);
         inner.session.add(window);
+        inner.position = position;
     }
 
     pub fn set_done(&self) {
-        self.lock().done = true;
+        let mut inner = self.lock();
+        inner.done = true;
+        inner.position = inner.range.1;
     }
 
     pub fn totals(&self) -> Counts {
@@ -80,6 +94,8 @@ impl ProgressState {
             tokens_per_second: (s.prompt_tokens + s.completion_tokens) as f64 / secs,
             started: self.started.clone(),
             done: inner.done,
+            bytes_done: inner.position.saturating_sub(inner.range.0),
+            bytes_total: inner.range.1.saturating_sub(inner.range.0),
         }
     }
 }
@@ -135,15 +151,19 @@ mod tests {
 
     #[test]
     fn snapshot_adds_resumed_work_to_this_session() {
-        let state =
-            ProgressState::new(ShardId::WHOLE, Counts { lines: 10, completed: 10, ..Counts::default() });
-        state.add(&Counts { lines: 5, completed: 4, failed: 1, prompt_tokens: 50, completion_tokens: 0 });
+        let resumed = Counts { lines: 10, completed: 10, ..Counts::default() };
+        let state = ProgressState::new(ShardId::WHOLE, resumed, (100, 300), 150);
+        assert_eq!((state.snapshot().bytes_done, state.snapshot().bytes_total), (50, 200));
+        let window = Counts { lines: 5, completed: 4, failed: 1, prompt_tokens: 50, completion_tokens: 0 };
+        state.add(&window, 250);
         let p = state.snapshot();
+        assert_eq!(p.bytes_done, 150);
         assert_eq!((p.counts.lines, p.counts.completed, p.counts.failed), (15, 14, 1));
         assert_eq!(state.session().completed, 4);
         assert!(p.requests_per_second > 0.0);
         assert!(!p.done);
         state.set_done();
         assert!(state.snapshot().done);
+        assert_eq!(state.snapshot().bytes_done, 200);
     }
 }

@@ -98,6 +98,12 @@ pub struct Progress {
     pub started: String,
     /// True once the shard's last checkpoint is written.
     pub done: bool,
+    /// Input bytes of this shard's range processed and checkpointed so far, and the range's size:
+    /// what the operator estimates the total request count and the ETA from.
+    #[serde(default)]
+    pub bytes_done: u64,
+    #[serde(default)]
+    pub bytes_total: u64,
 }
 
 /// How a runner process ended.
@@ -122,8 +128,16 @@ pub struct TerminationMessage {
     pub outcome: Outcome,
     #[serde(flatten)]
     pub counts: Counts,
+    /// Requests left unread: only a partial finalize (after cancel or the completion window)
+    /// counts them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unprocessed: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl TerminationMessage {
@@ -168,6 +182,7 @@ mod tests {
             shard: Some(ShardId::WHOLE),
             outcome: Outcome::Failed,
             counts: Counts { lines: 3, ..Counts::default() },
+            unprocessed: 0,
             message: Some("é".repeat(100_000)),
         };
         let json = msg.to_json();
@@ -186,10 +201,20 @@ mod tests {
             tokens_per_second: 20.0,
             started: "2026-01-01T00:00:00Z".into(),
             done: false,
+            bytes_done: 10,
+            bytes_total: 100,
         };
         let v = serde_json::to_value(&p).expect("serialises");
         assert_eq!(v["completed"], 5);
         assert_eq!(v["promptTokens"], 40);
         assert_eq!(v["shard"]["index"], 1);
+        assert_eq!(v["bytesTotal"], 100);
+        // An older runner without byte counts still parses.
+        let old: Progress = serde_json::from_str(
+            r#"{"shard":{"index":0,"count":1},"lines":1,"completed":1,"failed":0,"promptTokens":1,
+                "completionTokens":0,"requestsPerSecond":1,"tokensPerSecond":1,"started":"x","done":true}"#,
+        )
+        .expect("parses");
+        assert_eq!(old.bytes_total, 0);
     }
 }

@@ -6,6 +6,7 @@
 //! presence means the job is complete. Memory holds one chunk and 16 bytes per custom_id.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use barge_api::{Counts, ShardId};
 use bytes::Bytes;
@@ -16,8 +17,18 @@ use super::job::JobRecord;
 use super::manifest::{InputRecord, Manifest, ManifestModel, Outputs, RequestCounts, ShardRecord, Tokens};
 use super::record::write_error;
 use super::{ERRORS, MANIFEST, RESULTS};
-use crate::input::ErrorCode;
+use crate::input::lines::{LineBody, LineReader};
+use crate::input::{ErrorCode, shard_range};
 use crate::storage::{ObjectStore, ObjectWriter, StorageError};
+
+/// The job's input, which a partial finalize reads to count the requests that never ran.
+pub struct InputAccess {
+    pub store: Arc<dyn ObjectStore>,
+    pub key: String,
+}
+
+/// Longest line a partial finalize steps over while counting; longer ones still count.
+const COUNT_MAX_LINE: usize = 8 * 1024 * 1024;
 
 /// Flush merged output to storage in pieces of about this size.
 const FLUSH_BYTES: usize = 8 * 1024 * 1024;
@@ -57,6 +68,7 @@ async fn finished_shards(
     store: &dyn ObjectStore,
     job: &JobRecord,
     shards: u32,
+    partial: bool,
 ) -> Result<Vec<Checkpoint>, FinalizeError> {
     if job.spec.shards != shards {
         return Err(FinalizeError::ShardCount { uri: store.uri(""), actual: job.spec.shards, asked: shards });
@@ -65,17 +77,33 @@ async fn finished_shards(
     let mut out = Vec::with_capacity(shards as usize);
     for index in 0..shards {
         let shard = ShardId { index, count: shards };
-        let cp = checkpoint::load(store, shard).await?.ok_or_else(|| FinalizeError::Incomplete {
-            shard,
-            detail: "it has no checkpoint (never ran)".into(),
-        })?;
+        let cp = match checkpoint::load(store, shard).await? {
+            Some(cp) => cp,
+            None if partial => Checkpoint {
+                version: checkpoint::FORMAT_VERSION,
+                job: fingerprint.clone(),
+                shard,
+                chunks: 0,
+                next_offset: shard_range(job.spec.input_size, shard).0,
+                counts: Counts::default(),
+                done: false,
+                started: crate::clock::now_rfc3339(),
+                updated: crate::clock::now_rfc3339(),
+            },
+            None => {
+                return Err(FinalizeError::Incomplete {
+                    shard,
+                    detail: "it has no checkpoint (never ran)".into(),
+                });
+            }
+        };
         if cp.job != fingerprint {
             return Err(FinalizeError::Incomplete {
                 shard,
                 detail: "its checkpoint belongs to another job".into(),
             });
         }
-        if !cp.done {
+        if !cp.done && !partial {
             return Err(FinalizeError::Incomplete {
                 shard,
                 detail: format!("{} lines done so far, not finished", cp.counts.lines),
@@ -165,8 +193,62 @@ impl Merger {
 
 /// Merges the job in `store` (its output folder) made of `shards` shards.
 pub async fn finalize(store: &dyn ObjectStore, shards: u32) -> Result<Manifest, FinalizeError> {
+    finalize_with(store, shards, None).await
+}
+
+/// Merges what the shards finished so far, for a job that was stopped: unfinished shards
+/// contribute their checkpointed chunks, and the rest of their input is counted (read, not run)
+/// as `unprocessed`.
+pub async fn finalize_partial(
+    store: &dyn ObjectStore,
+    shards: u32,
+    input: InputAccess,
+) -> Result<Manifest, FinalizeError> {
+    finalize_with(store, shards, Some(input)).await
+}
+
+/// Lines left in a shard after its checkpoint: (all lines, non-blank lines = requests).
+async fn count_rest(
+    input: &InputAccess,
+    job: &JobRecord,
+    cp: &Checkpoint,
+) -> Result<(u64, u64), FinalizeError> {
+    let range = shard_range(job.spec.input_size, cp.shard);
+    let mut reader = if cp.chunks == 0 && cp.counts.lines == 0 {
+        LineReader::open_shard(input.store.clone(), &input.key, range, COUNT_MAX_LINE).await?
+    } else {
+        LineReader::resume(input.store.clone(), &input.key, cp.next_offset, range.1, 1, COUNT_MAX_LINE)
+            .await?
+    };
+    let (mut lines, mut requests) = (0, 0);
+    while let Some(line) = reader.next_line().await? {
+        lines += 1;
+        if !matches!(line.body, LineBody::Blank) {
+            requests += 1;
+        }
+    }
+    Ok((lines, requests))
+}
+
+async fn finalize_with(
+    store: &dyn ObjectStore,
+    shards: u32,
+    input: Option<InputAccess>,
+) -> Result<Manifest, FinalizeError> {
     let job = read_job(store).await?.ok_or_else(|| FinalizeError::NoJob { uri: store.uri("") })?;
-    let checkpoints = finished_shards(store, &job, shards).await?;
+    let checkpoints = finished_shards(store, &job, shards, input.is_some()).await?;
+    // Lines each shard never read: they still shift the global line numbers of later shards.
+    let mut unread = vec![0u64; checkpoints.len()];
+    let mut unprocessed = 0;
+    if let Some(input) = &input {
+        for (i, cp) in checkpoints.iter().enumerate() {
+            if !cp.done {
+                let (lines, requests) = count_rest(input, &job, cp).await?;
+                unread[i] = lines;
+                unprocessed += requests;
+            }
+        }
+    }
     let mut merger = Merger {
         results: store.create(RESULTS).await?,
         errors: store.create(ERRORS).await?,
@@ -176,7 +258,7 @@ pub async fn finalize(store: &dyn ObjectStore, shards: u32) -> Result<Manifest, 
         completed: 0,
         failed: 0,
     };
-    let merged = merge_all(store, &checkpoints, &mut merger).await;
+    let merged = merge_all(store, &checkpoints, &unread, &mut merger).await;
     if let Err(e) = merged {
         merger.results.abort().await;
         merger.errors.abort().await;
@@ -223,6 +305,8 @@ pub async fn finalize(store: &dyn ObjectStore, shards: u32) -> Result<Manifest, 
         finished: now,
         runner_version: job.runner_version.clone(),
         batching: job.batching.clone(),
+        partial: input.is_some(),
+        unprocessed,
     };
     let body = serde_json::to_vec_pretty(&manifest).expect("serialising plain data cannot fail");
     store.put(MANIFEST, Bytes::from(body)).await?;
@@ -232,10 +316,11 @@ pub async fn finalize(store: &dyn ObjectStore, shards: u32) -> Result<Manifest, 
 async fn merge_all(
     store: &dyn ObjectStore,
     checkpoints: &[Checkpoint],
+    unread: &[u64],
     merger: &mut Merger,
 ) -> Result<(), FinalizeError> {
     let mut line_offset = 0;
-    for cp in checkpoints {
+    for (cp, unread) in checkpoints.iter().zip(unread) {
         for n in 0..cp.chunks {
             let key = chunk::chunk_key(cp.shard, n);
             let data = store.get(&key).await?.ok_or_else(|| FinalizeError::Damaged {
@@ -245,7 +330,7 @@ async fn merge_all(
             merger.merge_chunk(&data, line_offset, &store.uri(&key))?;
             merger.flush(false).await?;
         }
-        line_offset += cp.counts.lines;
+        line_offset += cp.counts.lines + unread;
     }
     merger.flush(true).await?;
     Ok(())

@@ -19,6 +19,16 @@ pub struct Manifest {
     pub finished: String,
     pub runner_version: String,
     pub batching: Batching,
+    /// True when the job was stopped (cancelled or out of time) and these are partial results.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+    /// Requests of the input that were never run (only in partial results).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unprocessed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

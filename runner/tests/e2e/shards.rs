@@ -66,3 +66,43 @@ fn finalize_refuses_an_incomplete_job_naming_the_shard() {
     let wrong = runner().args(["finalize", "--output", &out, "--shards", "2"]).output().expect("runs");
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("has 3 shards, not 2"));
 }
+
+#[test]
+fn a_partial_finalize_merges_the_finished_shards_and_counts_what_never_ran() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    write_requests(&input, 11);
+    // Line 12 is broken on purpose: its error record must carry its global line number even
+    // though the shard before it never ran.
+    let mut body = std::fs::read_to_string(&input).expect("read");
+    body.push_str("{not json\n");
+    std::fs::write(&input, body).expect("write");
+    let out_dir = dir.path().join("out");
+    // Shards 0 and 2 ran; shard 1 never started (a cancelled job).
+    for shard in ["0/3", "2/3"] {
+        run_local(&input, &out_dir, &["--shard", shard]);
+    }
+    let out = out_dir.display().to_string();
+    let term = dir.path().join("termination-log");
+    let merged = runner()
+        .args(["finalize", "--output", &out, "--shards", "3", "--partial", "--termination-message-path"])
+        .arg(&term)
+        .output()
+        .expect("runs");
+    assert!(merged.status.success(), "{}", String::from_utf8_lossy(&merged.stderr));
+    let results = read_jsonl(&out_dir.join("results.jsonl"));
+    let errors = read_jsonl(&out_dir.join("errors.jsonl"));
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["error"]["line"], 12);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    assert_eq!(manifest["partial"], true);
+    let unprocessed = manifest["unprocessed"].as_u64().expect("unprocessed");
+    assert!(unprocessed > 0, "shard 1 holds some requests");
+    assert_eq!(results.len() as u64 + 1 + unprocessed, 12, "every request is merged or counted as never run");
+    let tm: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&term).expect("message")).expect("json");
+    assert_eq!(tm["unprocessed"].as_u64(), Some(unprocessed));
+    assert_eq!(tm["completed"].as_u64(), Some(results.len() as u64));
+}
