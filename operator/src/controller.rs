@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
@@ -43,8 +43,8 @@ pub struct Context {
     /// lags our own status writes; this does not.
     slots: Mutex<HashMap<String, bool>>,
     priorities: Mutex<HashMap<String, i32>>,
-    /// Wakes every job (the queued ones start) when a slot frees up.
-    wake_all: mpsc::Sender<()>,
+    /// Wakes one job: the next in the queue, when a slot frees up or the one ahead started.
+    wake: mpsc::UnboundedSender<ObjectRef<BatchJob>>,
     retries: Mutex<HashMap<String, u32>>,
 }
 
@@ -118,6 +118,21 @@ impl Context {
     }
 }
 
+impl Context {
+    fn wake_job(&self, key: &str) {
+        if let Some((ns, name)) = key.split_once('/') {
+            let _ = self.wake.send(ObjectRef::new(name).within(ns));
+        }
+    }
+
+    async fn wake_head(&self) {
+        let _lock = self.admission.lock().await;
+        if let Some(head) = queue::startable(&self.queue_entries().await, self.cfg.queue).first() {
+            self.wake_job(head);
+        }
+    }
+}
+
 /// A job that has not started (or was suspended and resumed) and may be admitted.
 fn wants_to_start(job: &BatchJob) -> bool {
     let phase = job.status.as_ref().map(|s| s.phase).unwrap_or_default();
@@ -130,17 +145,23 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Context>) -> Result<Requeue,
     let k = key(&job);
     if job.meta().deletion_timestamp.is_some() {
         // Its pods go with it (owner references); the S3 output stays.
-        ctx.slots().remove(&k);
+        let held = ctx.slots().remove(&k);
         ctx.progress.forget(&k);
+        if held == Some(true) {
+            ctx.wake_head().await;
+        }
         return Ok(Requeue::await_change());
     }
     let pods = ctx.pods_of(&job);
     let progress = ctx.progress.fetch(&k, &pods).await;
 
     let guard = if wants_to_start(&job) { Some(ctx.admission.lock().await) } else { None };
-    let admission = match guard {
-        Some(_) => queue::admit(&k, &ctx.queue_entries().await, ctx.cfg.queue),
-        None => Admission::Granted,
+    let (admission, wake) = match guard {
+        Some(_) => {
+            let verdict = queue::admit(&k, &ctx.queue_entries().await, ctx.cfg.queue);
+            (verdict.admission, verdict.wake)
+        }
+        None => (Admission::Granted, None),
     };
     let decision = plan::plan(
         &Observed { job: &job, pods: &pods, progress: &progress, admission, now: Timestamp::now() },
@@ -152,9 +173,12 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Context>) -> Result<Requeue,
     }
     let held = ctx.slots().insert(k.clone(), decision.holds_slot());
     drop(guard);
+    if let Some(next) = wake {
+        ctx.wake_job(&next);
+    }
     if held == Some(true) && !decision.holds_slot() {
-        // A slot freed up: the queued jobs may start now rather than at their next requeue.
-        let _ = ctx.wake_all.try_send(());
+        // A slot freed up: the head of the queue may start now rather than at its next requeue.
+        ctx.wake_head().await;
     }
     for note in events::transitions(&old, &decision.status, &decision.why.message) {
         publish(&ctx, &job, note).await;
@@ -244,8 +268,9 @@ async fn fail_invalid(ctx: &Context, job: &BatchJob, message: String) -> Result<
         crate::conditions::conditions(Phase::Failed, &why, job.metadata.generation, &old.conditions, now);
     status.completion_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
     patch_status(&ctx.client, job, &status).await?;
-    ctx.slots().insert(key(job), false);
-    let _ = ctx.wake_all.try_send(());
+    if ctx.slots().insert(key(job), false) == Some(true) {
+        ctx.wake_head().await;
+    }
     for note in events::transitions(&old, &status, &why.message) {
         publish(ctx, job, note).await;
     }
@@ -330,11 +355,11 @@ pub async fn run(
         .reflect(pod_writer)
         .touched_objects()
         .predicate_filter(kube::runtime::predicates::resource_version, Default::default());
-    let (wake_tx, wake_rx) = mpsc::channel(1);
+    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel();
     let controller = Controller::new(jobs_api, watcher::Config::default().any_semantic())
         .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)))
         .owns_stream(pod_stream)
-        .reconcile_all_on(tokio_stream_from(wake_rx))
+        .reconcile_on(futures::stream::poll_fn(move |cx| wake_rx.poll_recv(cx)))
         .graceful_shutdown_on(shutdown);
     let jobs = controller.store();
     let ctx = Arc::new(Context {
@@ -351,7 +376,7 @@ pub async fn run(
         admission: tokio::sync::Mutex::new(()),
         slots: Mutex::new(HashMap::new()),
         priorities: Mutex::new(HashMap::new()),
-        wake_all: wake_tx,
+        wake: wake_tx,
         retries: Mutex::new(HashMap::new()),
     });
     let gauges = {
@@ -383,10 +408,6 @@ pub async fn run(
         .await;
     gauges.abort();
     readiness.abort();
-}
-
-fn tokio_stream_from(mut rx: mpsc::Receiver<()>) -> impl futures::Stream<Item = ()> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// Whether the BatchJob CRD is installed: the operator cannot do anything without it.

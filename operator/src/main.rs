@@ -67,6 +67,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_lease_manager=warn")),
         )
         .init();
+    // A workspace build enables both of rustls' crypto providers (ring through kube, aws-lc-rs
+    // through the runner's AWS SDK); rustls then refuses to pick one, so pick ring here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -362,11 +362,10 @@ impl Planner<'_, '_> {
                         uid: pod_view::uid(&pod).into(),
                     });
                 }
-                Some(pod) => {
-                    if waiting_for_schedule.is_none() {
-                        waiting_for_schedule = pod_view::unschedulable(&pod);
-                    }
+                Some(pod) if waiting_for_schedule.is_none() => {
+                    waiting_for_schedule = pod_view::unschedulable(&pod);
                 }
+                Some(_) => {}
                 None if shard_phase != ShardPhase::Succeeded => {
                     let pod = runner_pod::shard_pod(self.obs.job, i, self.cfg);
                     self.st.shards[i as usize].phase = ShardPhase::Pending;

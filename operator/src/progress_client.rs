@@ -12,11 +12,14 @@ use k8s_openapi::api::core::v1::Pod;
 use crate::config::ProgressConfig;
 use crate::pod_view::{self, PodPhase};
 
+/// When a job's runners were last asked, and what they answered, by shard.
+type Answers = HashMap<String, (Instant, BTreeMap<u32, Progress>)>;
+
 pub struct ProgressClient {
     http: reqwest::Client,
     cfg: ProgressConfig,
     /// Last answers per job, so reconciles triggered by watch events do not poll again.
-    cache: Mutex<HashMap<String, (Instant, BTreeMap<u32, Progress>)>>,
+    cache: Mutex<Answers>,
 }
 
 impl ProgressClient {
@@ -30,7 +33,7 @@ impl ProgressClient {
         ProgressClient { http, cfg, cache: Mutex::new(HashMap::new()) }
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, BTreeMap<u32, Progress>)>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, Answers> {
         self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 

@@ -27,47 +27,76 @@ pub struct Entry {
     pub slot: Slot,
 }
 
-/// Whether the job `key` (which is `Waiting` in `entries`) may start now.
-pub fn admit(key: &str, entries: &[Entry], limits: QueueConfig) -> Admission {
+/// The queue's answer for one job, and which job should be reconciled next so the queue keeps
+/// moving without waking every job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub admission: Admission,
+    /// The next job that may start: woken now rather than at its next periodic requeue.
+    pub wake: Option<String>,
+}
+
+/// The waiting jobs that may start now, in queue order: a prefix of the ordered queue, cut at
+/// the first job that does not fit (strict order: it holds back everyone behind it).
+pub fn startable(entries: &[Entry], limits: QueueConfig) -> Vec<String> {
     let holding: Vec<&Entry> = entries.iter().filter(|e| e.slot == Slot::Holding).collect();
     let mut free_jobs = free(limits.max_running_jobs, holding.len() as u64);
     let mut free_pods = free(limits.max_running_pods, holding.iter().map(|e| u64::from(e.pods)).sum());
-    let mut waiting: Vec<&Entry> = entries.iter().filter(|e| e.slot == Slot::Waiting).collect();
-    waiting
-        .sort_by(|a, b| b.priority.cmp(&a.priority).then(a.created.cmp(&b.created)).then(a.key.cmp(&b.key)));
-    for (position, e) in waiting.iter().enumerate() {
-        let fits = free_jobs >= 1 && free_pods >= u64::from(e.pods);
-        if e.key == key {
-            if fits {
-                return Admission::Granted;
-            }
-            let limit = if free_jobs < 1 {
-                format!("maxRunningJobs {} reached", limits.max_running_jobs)
-            } else {
-                format!(
-                    "maxRunningPods {} leaves room for {free_pods} more pods, this job needs {}",
-                    limits.max_running_pods, e.pods
-                )
-            };
-            return Admission::Queued {
-                message: format!(
-                    "queued: position {} of {} ({limit}; {} jobs running)",
-                    position + 1,
-                    waiting.len(),
-                    holding.len()
-                ),
-            };
-        }
-        if !fits {
-            // Strict order: a job ahead that does not fit holds back everyone behind it.
-            free_jobs = 0;
-            continue;
+    let mut out = Vec::new();
+    for e in ordered_waiting(entries) {
+        if free_jobs < 1 || free_pods < u64::from(e.pods) {
+            break;
         }
         free_jobs -= 1;
         free_pods -= u64::from(e.pods);
+        out.push(e.key.clone());
     }
-    // Not in the list (the caller's view is stale): let it start; the next pass corrects it.
-    Admission::Granted
+    out
+}
+
+fn ordered_waiting(entries: &[Entry]) -> Vec<&Entry> {
+    let mut waiting: Vec<&Entry> = entries.iter().filter(|e| e.slot == Slot::Waiting).collect();
+    waiting
+        .sort_by(|a, b| b.priority.cmp(&a.priority).then(a.created.cmp(&b.created)).then(a.key.cmp(&b.key)));
+    waiting
+}
+
+/// Whether the job `key` (which is `Waiting` in `entries`) may start now. Jobs start one at a
+/// time in queue order: only the head of the startable jobs is admitted, and it wakes the next.
+pub fn admit(key: &str, entries: &[Entry], limits: QueueConfig) -> Verdict {
+    let ready = startable(entries, limits);
+    if ready.first().map(String::as_str) == Some(key) {
+        return Verdict { admission: Admission::Granted, wake: ready.get(1).cloned() };
+    }
+    let waiting = ordered_waiting(entries);
+    let Some(position) = waiting.iter().position(|e| e.key == key) else {
+        // Not in the list (the caller's view is stale): let it start; the next pass corrects it.
+        return Verdict { admission: Admission::Granted, wake: None };
+    };
+    let holding: Vec<&Entry> = entries.iter().filter(|e| e.slot == Slot::Holding).collect();
+    let message = if ready.iter().any(|k| k == key) {
+        format!("queued: position {} of {}, starting after the jobs ahead of it", position + 1, waiting.len())
+    } else {
+        // Counting the jobs ahead that may start now: they take their places first.
+        let ahead_pods: u64 =
+            waiting.iter().filter(|e| ready.contains(&e.key)).map(|e| u64::from(e.pods)).sum();
+        let used_pods: u64 = holding.iter().map(|e| u64::from(e.pods)).sum::<u64>() + ahead_pods;
+        let used_jobs = (holding.len() + ready.len()) as u64;
+        let limit = if limits.max_running_jobs > 0 && used_jobs >= u64::from(limits.max_running_jobs) {
+            format!("maxRunningJobs {} reached", limits.max_running_jobs)
+        } else if limits.max_running_pods > 0 {
+            format!("maxRunningPods {}: {used_pods} pods running or starting", limits.max_running_pods)
+        } else {
+            "waiting for the jobs ahead of it".to_string()
+        };
+        format!(
+            "queued: position {} of {} ({limit}; {} jobs running)",
+            position + 1,
+            waiting.len(),
+            holding.len()
+        )
+    };
+    Verdict { admission: Admission::Queued { message }, wake: ready.first().cloned() }
 }
 
 fn free(limit: u32, used: u64) -> u64 {
@@ -95,7 +124,7 @@ mod tests {
     #[test]
     fn no_limits_admit_everyone() {
         let e = [entry("a", 0, 1, 1, Slot::Waiting), entry("b", 0, 2, 1, Slot::Holding)];
-        assert_eq!(admit("a", &e, limits(0, 0)), Admission::Granted);
+        assert_eq!(admit("a", &e, limits(0, 0)).admission, Admission::Granted);
     }
 
     #[test]
@@ -106,9 +135,14 @@ mod tests {
             entry("second", 0, 2, 1, Slot::Waiting),
             entry("third", 0, 3, 1, Slot::Waiting),
         ];
-        assert_eq!(admit("first", &e, limits(3, 0)), Admission::Granted);
-        assert_eq!(admit("second", &e, limits(3, 0)), Admission::Granted);
-        match admit("third", &e, limits(3, 0)) {
+        let first = admit("first", &e, limits(3, 0));
+        assert_eq!(first, Verdict { admission: Admission::Granted, wake: Some("second".into()) });
+        // The second may start too, but only after the first: it wakes the first.
+        let second = admit("second", &e, limits(3, 0));
+        assert!(matches!(second.admission, Admission::Queued { .. }), "{second:?}");
+        assert_eq!(second.wake.as_deref(), Some("first"));
+        assert_eq!(startable(&e, limits(3, 0)), ["first", "second"]);
+        match admit("third", &e, limits(3, 0)).admission {
             Admission::Queued { message } => {
                 assert!(message.starts_with("queued: position 3 of 3 (maxRunningJobs 3 reached"), "{message}")
             }
@@ -119,8 +153,8 @@ mod tests {
     #[test]
     fn higher_priority_jumps_ahead_of_older_jobs() {
         let e = [entry("old", 0, 1, 1, Slot::Waiting), entry("urgent", 100, 5, 1, Slot::Waiting)];
-        assert_eq!(admit("urgent", &e, limits(1, 0)), Admission::Granted);
-        assert!(matches!(admit("old", &e, limits(1, 0)), Admission::Queued { .. }));
+        assert_eq!(admit("urgent", &e, limits(1, 0)).admission, Admission::Granted);
+        assert!(matches!(admit("old", &e, limits(1, 0)).admission, Admission::Queued { .. }));
     }
 
     #[test]
@@ -130,10 +164,11 @@ mod tests {
             entry("big", 0, 1, 8, Slot::Waiting),
             entry("small", 0, 2, 1, Slot::Waiting),
         ];
-        match admit("big", &e, limits(0, 10)) {
+        match admit("big", &e, limits(0, 10)).admission {
             Admission::Queued { message } => assert!(message.contains("maxRunningPods 10"), "{message}"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(admit("small", &e, limits(0, 10)), Admission::Queued { .. }));
+        assert!(matches!(admit("small", &e, limits(0, 10)).admission, Admission::Queued { .. }));
+        assert!(startable(&e, limits(0, 10)).is_empty());
     }
 }

@@ -171,7 +171,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named_in_the_error() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut BatchJobSpec)>)> = vec![
+        type BreakIt = Box<dyn Fn(&mut BatchJobSpec)>;
+        let cases: Vec<(&str, BreakIt)> = vec![
             ("spec.completionWindow", Box::new(|s| s.completion_window = "0s".into())),
             ("spec.input.format", Box::new(|s| s.input.format = InputFormat::Anthropic)),
             ("spec.input.uri", Box::new(|s| s.input.uri = "s3://b/dir/".into())),

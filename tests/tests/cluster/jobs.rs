@@ -1,0 +1,213 @@
+//! A user applies a BatchJob and gets results: one shard, three shards, bad lines, bad specs.
+
+use std::time::Duration;
+
+use barge_api::batchjob::{Phase, condition, reason};
+use serde_json::Value;
+
+use crate::harness::*;
+
+const PRICES: &str = "pricing:\n  gpuPerHour:\n    nvidia-h100: 3.6\n";
+
+fn local_run(input: &str) -> Vec<Value> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inp = dir.path().join("in.jsonl");
+    std::fs::write(&inp, input).expect("write input");
+    let out = dir.path().join("out");
+    let ok = std::process::Command::new(bin_dir().join("barge-runner"))
+        .args(["run", "--model", &env("BARGE_MINILM_DIR"), "--input"])
+        .arg(&inp)
+        .arg("--output")
+        .arg(&out)
+        .env("BARGE_LOG_FORMAT", "json")
+        .output()
+        .expect("runner runs");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    std::fs::read_to_string(out.join("results.jsonl"))
+        .expect("results")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect()
+}
+
+fn embedding(record: &Value) -> Vec<f64> {
+    record["response"]["body"]["data"][0]["embedding"]
+        .as_array()
+        .expect("embedding array")
+        .iter()
+        .map(|v| v.as_f64().expect("number"))
+        .collect()
+}
+
+/// Same requests in the same order, the same vectors (batching may move the last digits).
+fn assert_same_results(cluster: &[Value], local: &[Value]) {
+    assert_eq!(cluster.len(), local.len());
+    for (c, l) in cluster.iter().zip(local) {
+        assert_eq!(c["custom_id"], l["custom_id"]);
+        let (a, b) = (embedding(c), embedding(l));
+        let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let cos = dot / (norm(&a) * norm(&b));
+        assert!(cos > 0.99999, "{}: cosine {cos}", c["custom_id"]);
+    }
+}
+
+async fn completes_like_a_local_run(story_name: &str, parallelism: u32, n: usize) {
+    let mut story = Story::new(story_name).await;
+    story.start_operator(PRICES, &[]);
+    let input = requests(n, "q");
+    story.put("in/requests.jsonl", input.clone()).await;
+    let mut spec = story.spec("in/requests.jsonl", "out");
+    spec.parallelism = parallelism;
+    story.create("embed", spec).await;
+
+    let waited =
+        kubectl(&["wait", "--for=condition=Complete", "bj/embed", "-n", &story.ns, "--timeout=300s"]);
+    if !waited.status.success() {
+        story.dump().await;
+        panic!("kubectl wait failed: {}", String::from_utf8_lossy(&waited.stderr));
+    }
+    let job = story.jobs().get("embed").await.expect("job");
+    let st = job.status.clone().expect("status");
+    assert_eq!(st.phase, Phase::Succeeded);
+    let c = st.request_counts;
+    assert_eq!((c.total, c.completed, c.failed), (Some(n as u64), n as u64, 0));
+    assert!(st.tokens.prompt > n as u64, "prompt tokens counted: {}", st.tokens.prompt);
+    assert_eq!(st.shards.len(), parallelism as usize);
+    assert!(st.shards.iter().all(|s| s.restarts == 0));
+    let cost = st.cost.expect("cost");
+    assert_eq!(
+        (cost.unit.as_str(), cost.per_hour, cost.source.as_str()),
+        ("gpu", 3.6, "priceTable/nvidia-h100")
+    );
+    assert!(
+        cost.unit_seconds >= f64::from(parallelism),
+        "each pod ran at least a second: {}",
+        cost.unit_seconds
+    );
+    assert!((cost.amount - cost.unit_seconds / 3600.0 * 3.6).abs() < 1e-6);
+    assert!(cost.per_million_tokens.is_some());
+    let outputs = st.outputs.expect("outputs");
+    assert_eq!(outputs.results, format!("s3://{}/out/results.jsonl", story.bucket));
+
+    let results = story.get_jsonl("out/results.jsonl").await;
+    assert_same_results(&results, &local_run(&input));
+    let manifest: Value =
+        serde_json::from_slice(&story.get("out/manifest.json").await.expect("manifest")).expect("json");
+    assert_eq!(manifest["requestCounts"]["completed"], n as u64);
+
+    let table = kubectl(&["get", "bj", "-n", &story.ns]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    for column in ["PHASE", "PROGRESS", "ETA", "COST", "AGE", "Succeeded", &format!("{n}/{n}"), "USD"] {
+        assert!(table.contains(column), "`kubectl get bj` lacks {column}:\n{table}");
+    }
+    // The job's pods are done and stay for their logs; none runs.
+    let pods = story.pods().list(&Default::default()).await.expect("pods");
+    assert_eq!(pods.items.len(), parallelism as usize + 1, "one pod per shard and one finalize pod");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_shard_job_completes_with_the_results_of_a_local_run() {
+    completes_like_a_local_run("one-shard", 1, 40).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_three_shard_job_merges_into_the_results_of_a_local_run() {
+    completes_like_a_local_run("three-shards", 3, 60).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_lines_become_error_records_and_failed_counts() {
+    let mut story = Story::new("malformed").await;
+    story.start_operator("", &[]);
+    let mut input = requests(10, "ok");
+    input.push_str("{not json\n");
+    input.push_str(r#"{"method":"POST","url":"/v1/embeddings","body":{"input":"no id"}}"#);
+    input.push('\n');
+    story.put("in.jsonl", input).await;
+    story.create("bad-lines", story.spec("in.jsonl", "out")).await;
+    let job = story.wait_phase("bad-lines", "Succeeded", Duration::from_secs(240)).await;
+    let c = job.status.expect("status").request_counts;
+    assert_eq!((c.completed, c.failed, c.total), (10, 2, Some(12)));
+    let errors = story.get_jsonl("out/errors.jsonl").await;
+    let codes: Vec<&str> = errors.iter().filter_map(|e| e["error"]["code"].as_str()).collect();
+    assert_eq!(codes, ["invalid_json", "missing_custom_id"]);
+    assert_eq!(errors[0]["error"]["line"], 11);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spec_the_schema_cannot_catch_fails_with_the_field_named_and_one_event() {
+    let mut story = Story::new("bad-spec").await;
+    story.start_operator("", &[]);
+    let mut spec = story.spec("in.jsonl", "out/results.jsonl");
+    spec.completion_window = "0s".into();
+    story.create("bad", spec).await;
+    let job = story.wait_phase("bad", "Failed", Duration::from_secs(60)).await;
+    let (status, why, message) = condition_status(&job, condition::FAILED).expect("Failed condition");
+    assert_eq!((status.as_str(), why.as_str()), ("True", reason::INVALID_SPEC));
+    assert!(message.starts_with("spec.completionWindow"), "{message}");
+    assert_eq!(condition_status(&job, condition::STALLED).map(|c| c.0), Some("True".into()));
+    // Settles: no pods, a single Failed event, no further status writes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = story.jobs().get("bad").await.expect("job");
+    assert_eq!(again.metadata.resource_version, job.metadata.resource_version, "no requeue storm");
+    assert!(story.pods().list(&Default::default()).await.expect("pods").items.is_empty());
+    let events =
+        kubectl(&["get", "events", "-n", &story.ns, "--field-selector", "reason=Failed", "-o", "name"]);
+    assert_eq!(String::from_utf8_lossy(&events.stdout).lines().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_credentials_secret_fails_the_job_with_a_clear_reason() {
+    let mut story = Story::new("no-secret").await;
+    story.start_operator("", &[]);
+    story.put("in.jsonl", requests(3, "x")).await;
+    let mut spec = story.spec("in.jsonl", "out");
+    if let Some(s) = spec.storage.as_mut() {
+        s.credentials_secret = Some("does-not-exist".into());
+    }
+    story.create("nosecret", spec).await;
+    let job = story.wait_phase("nosecret", "Failed", Duration::from_secs(90)).await;
+    let (_, why, message) = condition_status(&job, condition::FAILED).expect("Failed condition");
+    assert_eq!(why, reason::MISSING_SECRET);
+    assert!(message.contains("secret \"does-not-exist\" not found"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_server_enforces_the_schema_and_immutability() {
+    let mut story = Story::new("schema").await;
+    story.start_operator("", &[]);
+    let bad = serde_json::json!({
+        "apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob", "metadata": {"name": "bad"},
+        "spec": {"model": {"uri": "http://nope"}, "input": {"uri": "s3://b/in.jsonl"}, "output": {"uri": "s3://b/out/"},
+                 "parallelism": 0},
+    });
+    let path = story.logs.path().join("bad.json");
+    std::fs::write(&path, bad.to_string()).expect("write");
+    let out = kubectl(&["apply", "-n", &story.ns, "-f", &path.display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("spec.model.uri"), "{err}");
+    assert!(err.contains("spec.parallelism"), "{err}");
+
+    // Once started, the work order is fixed.
+    story.put("in.jsonl", requests(400, "im")).await;
+    story.create("fixed", story.spec("in.jsonl", "out")).await;
+    story
+        .wait_job("fixed", "a start time", Duration::from_secs(60), |j| {
+            j.status.as_ref().is_some_and(|s| s.start_time.is_some())
+        })
+        .await;
+    let patch = kubectl(&[
+        "patch",
+        "bj/fixed",
+        "-n",
+        &story.ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"parallelism":4}}"#,
+    ]);
+    let err = String::from_utf8_lossy(&patch.stderr);
+    assert!(!patch.status.success(), "parallelism changed on a running job");
+    assert!(err.contains("cannot change once the job has started"), "{err}");
+}
