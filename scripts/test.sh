@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The project's one test command: fetches the real model and builds the S3 server (both cached
-# under $BARGE_CACHE), then runs every test of the workspace.
+# The project's one test command: fetches the real model, builds the S3 server and the test
+# cluster's Kubernetes components (all cached under $BARGE_CACHE), builds the binaries, brings the
+# test cluster up (tests/testbed/up), runs every test of the workspace against it, and takes the
+# cluster down again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +12,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$BARGE_CACHE/target}"
 BARGE_MINILM_DIR="$(scripts/fetch-model.sh minilm)"
 BARGE_MINIO="$(scripts/build-minio.sh)"
 export BARGE_MINILM_DIR BARGE_MINIO
+tests/testbed/build-components.sh >/dev/null
 
 # The tests cover the CPU path production uses: BERT's Linear layers through OpenBLAS.
 FEATURES="$(scripts/features.sh)"
@@ -18,5 +21,21 @@ if [[ -z "$FEATURES" ]]; then
   exit 1
 fi
 # --release: the tests run the real model, and one optimised build serves tests and binaries.
+# The end-to-end tests run the operator, runner and node agent binaries, so build them first.
+# shellcheck disable=SC2086
+cargo build --release --workspace --bins $FEATURES
+
+BIN="$CARGO_TARGET_DIR/release"
+export BARGE_NODE_AGENT="$BIN/barge-node-agent"
+# The node agent runs the runner image's pods as local barge-runner processes, on a node that
+# offers 8 GPUs so the real scheduler places GPU pods.
+export BARGE_NODE_AGENT_ARGS="--image ghcr.io/barge-dev/barge-runner=$BIN/barge-runner --gpus 8 --cpu 64 --memory 256Gi"
+# A control plane that cannot start fails the run: `up` exits non-zero and says which part failed.
+eval "$(tests/testbed/up)"
+trap 'tests/testbed/down' EXIT
+kubectl apply --server-side -f crds/barge.dev_batchjobs.yaml >/dev/null
+kubectl wait --for=condition=Established crd/batchjobs.barge.dev --timeout=60s >/dev/null
+export BARGE_E2E_KUBECONFIG="$KUBECONFIG"
+
 # shellcheck disable=SC2086
 cargo test --workspace --release $FEATURES "$@"
