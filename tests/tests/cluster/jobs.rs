@@ -211,3 +211,17 @@ async fn the_api_server_enforces_the_schema_and_immutability() {
     assert!(!patch.status.success(), "parallelism changed on a running job");
     assert!(err.contains("cannot change once the job has started"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_that_cannot_be_pulled_fails_the_job_with_a_clear_reason() {
+    let mut story = Story::new("bad-image").await;
+    story.start_operator("", &[]);
+    story.put("in.jsonl", requests(3, "i")).await;
+    let mut spec = story.spec("in.jsonl", "out");
+    spec.image = Some("registry.example/barge-runner-typo:1".into());
+    story.create("typo", spec).await;
+    let job = story.wait_phase("typo", "Failed", Duration::from_secs(90)).await;
+    let (_, why, message) = condition_status(&job, condition::FAILED).expect("Failed condition");
+    assert_eq!(why, reason::IMAGE_PULL);
+    assert!(message.contains("registry.example/barge-runner-typo:1"), "{message}");
+}
