@@ -189,21 +189,29 @@ impl Planner<'_, '_> {
 
     /// Asks every pod of the job that still runs to stop (it checkpoints on SIGTERM).
     fn stop_all_pods(&mut self) {
+        self.delete_live(|_| true);
+    }
+
+    /// Asks the live runner pods to stop and marks their shards Stopped; returns how many pods
+    /// are still stopping.
+    fn stop_runners(&mut self) -> usize {
+        self.delete_live(|p| pod_view::role(p) == Some("runner"));
+        for ss in &mut self.st.shards {
+            if matches!(ss.phase, ShardPhase::Running | ShardPhase::Pending) {
+                ss.phase = ShardPhase::Stopped;
+            }
+        }
+        self.live_runner_pods().len()
+    }
+
+    /// Deletes every pod of the job that `which` picks and that still runs and is not already
+    /// being deleted.
+    fn delete_live(&mut self, which: impl Fn(&Pod) -> bool) {
         let doomed: Vec<Action> = self
             .obs
             .pods
             .iter()
-            .filter(|p| !pod_view::is_terminal(p) && !pod_view::is_deleting(p))
-            .map(|p| Action::DeletePod { name: pod_view::name(p).into(), uid: pod_view::uid(p).into() })
-            .collect();
-        self.actions.extend(doomed);
-    }
-
-    fn stop_runner_pods(&mut self) {
-        let doomed: Vec<Action> = self
-            .live_runner_pods()
-            .into_iter()
-            .filter(|p| !pod_view::is_deleting(p))
+            .filter(|p| which(p) && !pod_view::is_terminal(p) && !pod_view::is_deleting(p))
             .map(|p| Action::DeletePod { name: pod_view::name(p).into(), uid: pod_view::uid(p).into() })
             .collect();
         self.actions.extend(doomed);
@@ -289,13 +297,7 @@ impl Planner<'_, '_> {
             return self.wind_down(expired);
         }
         if spec.suspend && self.st.phase != Phase::Finalizing {
-            self.stop_runner_pods();
-            for ss in &mut self.st.shards {
-                if matches!(ss.phase, ShardPhase::Running | ShardPhase::Pending) {
-                    ss.phase = ShardPhase::Stopped;
-                }
-            }
-            let stopping = self.live_runner_pods().len();
+            let stopping = self.stop_runners();
             if stopping > 0 {
                 self.st.phase = Phase::Running;
                 return Why::new(
@@ -389,13 +391,7 @@ impl Planner<'_, '_> {
     fn wind_down(&mut self, expired: bool) -> Why {
         let end = if expired { Phase::Expired } else { Phase::Cancelled };
         let r = if expired { reason::EXPIRED } else { reason::CANCELLED };
-        self.stop_runner_pods();
-        for ss in &mut self.st.shards {
-            if matches!(ss.phase, ShardPhase::Running | ShardPhase::Pending) {
-                ss.phase = ShardPhase::Stopped;
-            }
-        }
-        let stopping = self.live_runner_pods().len();
+        let stopping = self.stop_runners();
         if stopping > 0 {
             self.requeue = Some(Duration::from_secs(5));
             return Why::new(r, format!("stopping {stopping} runner pods"));
