@@ -10,10 +10,17 @@ export BARGE_CACHE="${BARGE_CACHE:-$HOME/.cache/barge}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$BARGE_CACHE/target}"
 
 BARGE_MINILM_DIR="$(scripts/fetch-model.sh minilm)"
+BARGE_SMOLLM2_GGUF="$(scripts/fetch-model.sh smollm2)"
 BARGE_MINIO="$(scripts/build-minio.sh)"
-export BARGE_MINILM_DIR BARGE_MINIO
+export BARGE_MINILM_DIR BARGE_SMOLLM2_GGUF BARGE_MINIO
 tests/testbed/build-components.sh >/dev/null
 
+# Tests that load the model in-process (not through the runner binary, which does this itself)
+# get OpenBLAS's AVX kernels too: Debian 12's OpenBLAS does not recognise recent Xeons.
+if [[ -z "${OPENBLAS_CORETYPE:-}" ]]; then
+  if grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo; then export OPENBLAS_CORETYPE=SkylakeX
+  elif grep -qw avx2 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Haswell; fi
+fi
 # The tests cover the CPU path production uses: BERT's Linear layers through OpenBLAS.
 FEATURES="$(scripts/features.sh)"
 if [[ -z "$FEATURES" ]]; then

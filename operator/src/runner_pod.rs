@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use barge_api::batchjob::{BatchJob, labels};
+use barge_api::batchjob::{BatchJob, InputFormat, labels};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
     Pod, PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, SecretKeySelector,
@@ -52,12 +52,18 @@ pub fn shard_pod(job: &BatchJob, index: u32, cfg: &Config) -> Pod {
         "--cache-dir".into(),
         CACHE_DIR.into(),
     ];
+    match spec.input.format {
+        InputFormat::Auto => {}
+        InputFormat::Openai => args.extend(["--format".into(), "openai".into()]),
+        InputFormat::Anthropic => args.extend(["--format".into(), "anthropic".into()]),
+    }
     if let Some(model_name) = &spec.model.name {
         args.extend(["--model-name".into(), model_name.clone()]);
     }
     if let Some(b) = &spec.batching {
         if let Some(n) = b.max_batch_size {
-            args.extend(["--max-batch-size".into(), n.to_string()]);
+            // Sequences per batch: an encoder's batch, or a decoder's running sequences.
+            args.extend(["--max-batch-size".into(), n.to_string(), "--max-seqs".into(), n.to_string()]);
         }
         if let Some(n) = b.max_batch_tokens {
             args.extend(["--max-batch-tokens".into(), n.to_string()]);
@@ -308,6 +314,7 @@ mod tests {
         assert!(args.starts_with("run --model s3://models/minilm/ --input s3://in/requests.jsonl"), "{args}");
         assert!(args.contains("--shard 2/3"), "{args}");
         assert!(args.contains("--listen $(POD_IP):9090"), "{args}");
+        assert!(!args.contains("--format"), "auto is the runner's default: {args}");
         let labels = pod.metadata.labels.as_ref().expect("labels");
         assert_eq!(labels[labels::SHARD], "2");
         assert_eq!(labels[labels::JOB], "emb");
@@ -357,6 +364,14 @@ mod tests {
         assert!(!limits.contains_key("nvidia.com/gpu"));
         let args = container(&fin).args.clone().expect("args").join(" ");
         assert_eq!(args, "finalize --output s3://out/chat/ --shards 1 --partial");
+    }
+
+    #[test]
+    fn an_explicit_input_format_reaches_the_runner() {
+        let mut job = JobBuilder::new("chat").build();
+        job.spec.input.format = InputFormat::Anthropic;
+        let args = container(&shard_pod(&job, 0, &Config::default())).args.clone().expect("args").join(" ");
+        assert!(args.contains("--format anthropic"), "{args}");
     }
 
     #[test]

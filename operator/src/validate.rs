@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use barge_api::batchjob::{BatchJobSpec, InputFormat};
+use barge_api::batchjob::BatchJobSpec;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 /// A spec error: which field, and what is wrong with it.
@@ -35,12 +35,6 @@ pub fn check(spec: &BatchJobSpec) -> Result<Checked, SpecError> {
     })?;
     if completion_window < Duration::from_secs(1) {
         return Err(err("spec.completionWindow", "must be at least 1s"));
-    }
-    if spec.input.format == InputFormat::Anthropic {
-        return Err(err(
-            "spec.input.format",
-            "the anthropic format is not supported by this runner version yet; use openai or auto",
-        ));
     }
     if spec.input.uri.ends_with('/') {
         return Err(err("spec.input.uri", format!("{} is a prefix; name one JSONL object", spec.input.uri)));
@@ -174,7 +168,6 @@ mod tests {
         type BreakIt = Box<dyn Fn(&mut BatchJobSpec)>;
         let cases: Vec<(&str, BreakIt)> = vec![
             ("spec.completionWindow", Box::new(|s| s.completion_window = "0s".into())),
-            ("spec.input.format", Box::new(|s| s.input.format = InputFormat::Anthropic)),
             ("spec.input.uri", Box::new(|s| s.input.uri = "s3://b/dir/".into())),
             ("spec.output.uri", Box::new(|s| s.output.uri = "s3://b/out/results.jsonl".into())),
             (

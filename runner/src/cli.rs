@@ -45,17 +45,20 @@ pub enum Command {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InputFormat {
-    /// Decide from the input (OpenAI batch lines are the only format served so far).
+    /// Decide from the input's first request line (`params` → Anthropic, `body` → OpenAI).
     Auto,
     /// `{"custom_id", "method", "url", "body"}` lines.
     Openai,
+    /// Anthropic Message Batches lines, `{"custom_id", "params"}` (chat models only).
+    Anthropic,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The model: a folder with config.json, model.safetensors and tokenizer.json (plus
-    /// sentence-transformers' modules.json, 1_Pooling/ and sentence_bert_config.json when
-    /// present), as a local path or an s3://bucket/prefix/ (downloaded once into --cache-dir).
+    /// The model: an embedding encoder folder (config.json, model.safetensors, tokenizer.json,
+    /// plus sentence-transformers' modules.json, 1_Pooling/ and sentence_bert_config.json when
+    /// present), a decoder's .gguf file, or a Llama-family safetensors folder; a local path or
+    /// an s3:// URI (downloaded once into --cache-dir).
     #[arg(long, env = "BARGE_MODEL")]
     pub model: Location,
 
@@ -80,6 +83,20 @@ pub struct RunArgs {
     /// file's bytes. Run `finalize` once every shard is done.
     #[arg(long, default_value = "0/1", env = "BARGE_SHARD")]
     pub shard: ShardId,
+
+    /// Decoder models: sequences generating together (continuous batching).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_seqs: u32,
+
+    /// Decoder models: tokens in one forward pass, prompt chunks included (long prompts are
+    /// read in chunks of this size).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub step_tokens: u32,
+
+    /// Decoder models: memory for the KV cache, in MiB. Requests wait for room rather than
+    /// exceed it.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub kv_cache_mib: u32,
 
     /// Most sequences in one model batch.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]

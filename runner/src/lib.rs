@@ -6,6 +6,8 @@ pub mod backend;
 pub mod batcher;
 pub mod cli;
 pub mod clock;
+pub mod decoder;
+pub mod generation;
 pub mod input;
 pub mod location;
 pub mod metrics;

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use barge_api::{Counts, Outcome, TerminationMessage};
-use barge_runner::cli::{Cli, Command, FinalizeArgs, LogFormat, RunArgs};
+use barge_runner::cli::{Cli, Command, FinalizeArgs, InputFormat, LogFormat, RunArgs};
+use barge_runner::decoder::engine::EngineConfig;
+use barge_runner::input::generation::Format;
 use barge_runner::output::finalize;
 use barge_runner::output::job::Batching;
 use barge_runner::pipeline::{self, RunConfig, RunSummary};
@@ -20,6 +22,8 @@ use tracing_subscriber::EnvFilter;
 const EXIT_INTERRUPTED: u8 = 143;
 
 fn main() -> ExitCode {
+    #[cfg(all(feature = "openblas", target_arch = "x86_64"))]
+    openblas_kernels();
     let cli = Cli::parse();
     let bar = match &cli.command {
         Command::Run(args) => !args.no_progress && std::io::stderr().is_terminal(),
@@ -44,6 +48,36 @@ fn main() -> ExitCode {
             Command::Finalize(args) => run_finalize(args).await,
         }
     })
+}
+
+/// OpenBLAS picks its kernels from the CPU model when the library loads, and releases before
+/// 0.3.26 (Debian 12 ships 0.3.21) fall back to their SSE3 kernels on Xeons they do not know,
+/// 2–3× slower (measured in docs/benchmarks.md). It reads `OPENBLAS_CORETYPE` only at load, so
+/// when that is unset the runner chooses from the CPU's features and restarts itself once.
+#[cfg(all(feature = "openblas", target_arch = "x86_64"))]
+#[allow(unsafe_code)]
+fn openblas_kernels() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
+        return;
+    }
+    let core = if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+    {
+        "SkylakeX"
+    } else if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        "Haswell"
+    } else {
+        return;
+    };
+    let Ok(exe) = std::env::current_exe() else { return };
+    // SAFETY: first thing in main, before any other thread exists.
+    unsafe { std::env::set_var("OPENBLAS_CORETYPE", core) };
+    let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec();
+    // Only reached when the restart failed: go on with whatever kernels OpenBLAS chose.
+    eprintln!("barge-runner: warning: cannot restart with OPENBLAS_CORETYPE={core}: {err}");
 }
 
 /// candle's CPU kernels size their thread pools from these variables when first used.
@@ -118,6 +152,16 @@ async fn run(args: RunArgs, bar: bool) -> ExitCode {
         listen: args.listen,
         progress_bar: bar,
         null_model: args.null_model,
+        format: match args.format {
+            InputFormat::Auto => None,
+            InputFormat::Openai => Some(Format::OpenAi),
+            InputFormat::Anthropic => Some(Format::Anthropic),
+        },
+        generation: EngineConfig {
+            max_seqs: args.max_seqs as usize,
+            step_tokens: args.step_tokens as usize,
+            kv_cache_mib: args.kv_cache_mib as usize,
+        },
     };
     let stop = Stop::default();
     stop.on_signals();

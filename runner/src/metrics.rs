@@ -7,6 +7,8 @@ pub struct Metrics {
     /// Requests by outcome (`completed` or `failed`).
     pub requests: IntCounterVec,
     pub prompt_tokens: IntCounter,
+    /// Tokens generated (decoder models).
+    pub completion_tokens: IntCounter,
     pub batch_size: Histogram,
     pub batch_seconds: Histogram,
     pub batch_padded_tokens: Histogram,
@@ -20,6 +22,8 @@ impl Metrics {
                 .expect("valid metric");
         let prompt_tokens =
             IntCounter::new("prompt_tokens_total", "Tokens read by the model").expect("valid metric");
+        let completion_tokens =
+            IntCounter::new("completion_tokens_total", "Tokens generated").expect("valid metric");
         let batch_size = Histogram::with_opts(
             HistogramOpts::new("batch_size", "Sequences per model batch")
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
@@ -38,13 +42,22 @@ impl Metrics {
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(prompt_tokens.clone()),
+            Box::new(completion_tokens.clone()),
             Box::new(batch_size.clone()),
             Box::new(batch_seconds.clone()),
             Box::new(batch_padded_tokens.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
-        Metrics { registry, requests, prompt_tokens, batch_size, batch_seconds, batch_padded_tokens }
+        Metrics {
+            registry,
+            requests,
+            prompt_tokens,
+            completion_tokens,
+            batch_size,
+            batch_seconds,
+            batch_padded_tokens,
+        }
     }
 
     pub fn render(&self) -> String {

@@ -100,8 +100,27 @@ pub async fn resolve(
 ) -> Result<ResolvedModel, FetchError> {
     match location {
         Location::Local(path) if path.is_file() => {
-            // A single-file model (GGUF): the loader names what it cannot serve.
-            Ok(ResolvedModel { dir: path.clone(), etag: String::new(), files: Vec::new() })
+            // A single-file model (GGUF): identified by its size and modification time, and
+            // digested once per version like a folder.
+            let meta = std::fs::metadata(path).map_err(cache_error(path))?;
+            let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let object = storage::ObjectMeta {
+                key: name.clone(),
+                size: meta.len(),
+                etag: format!("{}", mtime.map_or(0, |d| d.as_nanos())),
+            };
+            let etag = combined_etag(&location.to_string(), std::slice::from_ref(&object));
+            let record = cache_dir.join("digests").join(format!("{etag}.json"));
+            if let Some(files) = read_digests(&record).await {
+                return Ok(ResolvedModel { dir: path.clone(), etag, files });
+            }
+            let parent = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            let files = digest_files(&parent, vec![(name, meta.len())]).await?;
+            if let Err(e) = write_digests(&record, &files).await {
+                tracing::warn!(path = %record.display(), error = %e, "cannot record the model's digests");
+            }
+            Ok(ResolvedModel { dir: path.clone(), etag, files })
         }
         Location::Local(path) => {
             let store = LocalStore::new(path.clone());
@@ -124,13 +143,33 @@ pub async fn resolve(
     }
 }
 
+fn cache_error(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
+    move |source| FetchError::Cache { path: path.display().to_string(), source }
+}
+
 async fn fetch_s3(
     location: &Location,
     s3: &Option<aws_sdk_s3::Client>,
     cache_dir: &Path,
 ) -> Result<ResolvedModel, FetchError> {
-    let store = storage::open(location, s3);
-    let objects: Vec<_> = store.list("").await?.into_iter().filter(|o| is_model_file(&o.key)).collect();
+    // A `.gguf` URI names one object; anything else is a folder of model files.
+    let single = match location {
+        Location::S3 { key, .. } if key.ends_with(".gguf") => location.split_file(),
+        _ => None,
+    };
+    let (store, objects) = match &single {
+        Some((folder, name)) => {
+            let store = storage::open(folder, s3);
+            let object =
+                store.head(name).await?.ok_or_else(|| FetchError::Empty { uri: location.to_string() })?;
+            (store, vec![object])
+        }
+        None => {
+            let store = storage::open(location, s3);
+            let objects = store.list("").await?.into_iter().filter(|o| is_model_file(&o.key)).collect();
+            (store, objects)
+        }
+    };
     if objects.is_empty() {
         return Err(FetchError::Empty { uri: location.to_string() });
     }
@@ -141,9 +180,13 @@ async fn fetch_s3(
         move |source| FetchError::Cache { path, source }
     };
     let digests_path = dir.join(".barge-digests.json");
+    let model_path = |dir: &Path| match &single {
+        Some((_, name)) => dir.join(name),
+        None => dir.to_path_buf(),
+    };
     if let Some(files) = read_digests(&digests_path).await {
         tracing::info!(model = %location, cache = %dir.display(), "model found in the cache");
-        return Ok(ResolvedModel { dir, etag, files });
+        return Ok(ResolvedModel { dir: model_path(&dir), etag, files });
     }
     tracing::info!(model = %location, files = objects.len(), cache = %dir.display(), "downloading the model");
     let parent = cache_dir.join("models");
@@ -168,7 +211,7 @@ async fn fetch_s3(
         }
         Err(e) => return Err(cache_err(&dir)(e)),
     }
-    Ok(ResolvedModel { dir, etag, files })
+    Ok(ResolvedModel { dir: model_path(&dir), etag, files })
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 
 use crate::backend::{BackendError, Batch, Embedder, NullEmbedder, TextTokenizer};
 use crate::batcher;
+use crate::decoder::engine::EngineConfig;
+use crate::input::generation::Format;
 use crate::input::lines::{Line, LineBody, LineReader};
 use crate::input::openai::{EmbeddingInput, EncodingFormat, parse_line};
 use crate::input::{ErrorCode, LineError, shard_range};
@@ -53,6 +55,15 @@ pub struct RunConfig {
     pub progress_bar: bool,
     /// Benchmarks only: skip the model's forward pass and write zero vectors.
     pub null_model: bool,
+    /// The input format; `None` decides from the input's first request line.
+    pub format: Option<Format>,
+    /// Continuous batching and memory settings for decoder models.
+    pub generation: EngineConfig,
+}
+
+enum Loaded {
+    Embedding(models::EmbeddingModel),
+    Decoder(crate::decoder::DecoderModel),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +80,8 @@ pub enum RunError {
     Fetch(#[from] FetchError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error("the Anthropic format needs a chat model, and {model} is an embedding model")]
+    FormatNeedsDecoder { model: String },
     #[error("the input {uri} does not exist")]
     InputMissing { uri: String },
     #[error("the input {uri} is not a single object (expected a JSONL file)")]
@@ -137,7 +150,18 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
         .await?
         .ok_or_else(|| RunError::InputMissing { uri: cfg.input.to_string() })?;
     let resolved = model_source::resolve(&cfg.model, &stores.s3, &cfg.cache_dir).await?;
+    let format = if crate::decoder::is_decoder(&resolved.dir) {
+        Some(match cfg.format {
+            Some(f) => f,
+            None => crate::generation::detect_format(stores.input.as_ref(), &stores.input_key).await?,
+        })
+    } else if cfg.format == Some(Format::Anthropic) {
+        return Err(RunError::FormatNeedsDecoder { model: cfg.model.to_string() });
+    } else {
+        None
+    };
     let spec = JobSpec {
+        format,
         input: cfg.input.to_string(),
         input_size: input_meta.size,
         input_etag: input_meta.etag.clone(),
@@ -182,13 +206,23 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
     let device = models::device();
     let model_dir = resolved.dir.clone();
     let load_started = Instant::now();
-    let model = tokio::task::spawn_blocking(move || models::load(&model_dir, &device))
-        .await
-        .expect("model loading does not panic")?;
+    let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, ModelError> {
+        if crate::decoder::is_decoder(&model_dir) {
+            Ok(Loaded::Decoder(crate::decoder::load(&model_dir, &device)?))
+        } else {
+            Ok(Loaded::Embedding(models::load(&model_dir, &device)?))
+        }
+    })
+    .await
+    .expect("model loading does not panic")?;
+    let (architecture, dimensions, max_seq_len) = match &loaded {
+        Loaded::Embedding(m) => (m.info.architecture.to_string(), m.info.dimensions, m.info.max_seq_len),
+        Loaded::Decoder(m) => (m.architecture.clone(), 0, m.decoder.context_len()),
+    };
     tracing::info!(
-        architecture = model.info.architecture,
-        dimensions = model.info.dimensions,
-        max_seq_len = model.info.max_seq_len,
+        architecture,
+        dimensions,
+        max_seq_len,
         seconds = load_started.elapsed().as_secs_f64(),
         "model loaded"
     );
@@ -197,9 +231,9 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
         spec: spec.clone(),
         model: ModelRecord {
             name: name.clone(),
-            architecture: model.info.architecture.to_string(),
-            dimensions: model.info.dimensions,
-            max_seq_len: model.info.max_seq_len,
+            architecture,
+            dimensions,
+            max_seq_len,
             files: resolved.files.clone(),
         },
         batching: cfg.batching.clone(),
@@ -249,17 +283,8 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
         .await?
     };
 
-    let ctx = Arc::new(PrepareCtx {
-        tokenizer: model.tokenizer,
-        defaults: cfg.defaults.clone(),
-        dimensions: model.info.dimensions,
-        max_seq_len: model.info.max_seq_len,
-        max_line_bytes: cfg.max_line_bytes,
-        batching: cfg.batching.clone(),
-    });
     let bar = progress_bar(cfg.progress_bar, range, cp.next_offset);
     let stages = Stages {
-        ctx,
         model_name: Arc::from(name.as_str()),
         metrics,
         progress: progress.clone(),
@@ -267,13 +292,35 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
         window: cfg.batching.window,
         range_start: range.0,
     };
-    let embedder: Box<dyn Embedder> = if cfg.null_model {
-        tracing::warn!("--null-model: writing zero vectors instead of running the model");
-        Box::new(NullEmbedder { dimensions: model.info.dimensions })
-    } else {
-        model.embedder
+    let done = match loaded {
+        Loaded::Embedding(model) => {
+            let ctx = Arc::new(PrepareCtx {
+                tokenizer: model.tokenizer,
+                defaults: cfg.defaults.clone(),
+                dimensions: model.info.dimensions,
+                max_seq_len: model.info.max_seq_len,
+                max_line_bytes: cfg.max_line_bytes,
+                batching: cfg.batching.clone(),
+            });
+            let embedder: Box<dyn Embedder> = if cfg.null_model {
+                tracing::warn!("--null-model: writing zero vectors instead of running the model");
+                Box::new(NullEmbedder { dimensions: model.info.dimensions })
+            } else {
+                model.embedder
+            };
+            stages.run_embedder(ctx, embedder, reader, out, &mut cp, bar.as_ref()).await?
+        }
+        Loaded::Decoder(model) => {
+            let format = spec.format.unwrap_or(Format::OpenAi);
+            let settings = crate::generation::Settings {
+                format,
+                defaults: cfg.defaults.clone(),
+                max_line_bytes: cfg.max_line_bytes,
+                engine: cfg.generation.clone(),
+            };
+            crate::generation::run(&stages, model, settings, reader, out, &mut cp, bar.as_ref()).await?
+        }
     };
-    let done = stages.run(embedder, reader, out, &mut cp, bar.as_ref()).await?;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
@@ -356,8 +403,15 @@ struct PrepareCtx {
 }
 
 /// Lines read from the input, not yet parsed.
-struct RawWindow {
-    lines: Vec<Line>,
+pub(crate) struct RawWindow {
+    pub lines: Vec<Line>,
+}
+
+/// A finished window as one chunk: its bytes, its counts and where in the input it ends.
+pub(crate) struct Encoded {
+    pub bytes: Vec<u8>,
+    pub counts: Counts,
+    pub end_offset: u64,
 }
 
 /// One request of a window, in input order.
@@ -477,19 +531,18 @@ impl PrepareCtx {
     }
 }
 
-struct Stages {
-    ctx: Arc<PrepareCtx>,
-    model_name: Arc<str>,
-    metrics: Arc<Metrics>,
-    progress: Arc<ProgressState>,
-    stop: Stop,
-    window: usize,
+pub(crate) struct Stages {
+    pub(crate) model_name: Arc<str>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) progress: Arc<ProgressState>,
+    pub(crate) stop: Stop,
+    pub(crate) window: usize,
     /// The shard's first byte: the progress bar counts from there.
-    range_start: u64,
+    pub(crate) range_start: u64,
 }
 
 /// Serializes a window's records into one chunk, in input order, with the window's counts.
-fn encode_chunk(w: &DoneWindow, dims: usize, model: &str) -> (Vec<u8>, Counts) {
+fn encode_chunk(w: &DoneWindow, dims: usize, model: &str) -> Encoded {
     let mut out = Vec::with_capacity(w.prepared.seqs * dims * 12 + 256);
     let mut counts = Counts { lines: w.prepared.lines, ..Counts::default() };
     for item in &w.prepared.items {
@@ -508,23 +561,73 @@ fn encode_chunk(w: &DoneWindow, dims: usize, model: &str) -> (Vec<u8>, Counts) {
             }
         }
     }
-    (out, counts)
+    Encoded { bytes: out, counts, end_offset: w.prepared.end_offset }
 }
 
 impl Stages {
-    /// Runs the stages to the end of the shard or a stop request; returns whether the shard is done.
-    async fn run(
+    /// The embedding path: the window's batches through the embedder, vectors out.
+    async fn run_embedder(
         &self,
+        ctx: Arc<PrepareCtx>,
         mut embedder: Box<dyn Embedder>,
-        mut reader: LineReader,
+        reader: LineReader,
         out: &dyn ObjectStore,
         cp: &mut Checkpoint,
         bar: Option<&indicatif::ProgressBar>,
     ) -> Result<bool, RunError> {
+        let dims = embedder.dimensions();
+        let (stop, metrics) = (self.stop.clone(), self.metrics.clone());
+        let model = move |mut prep_rx: mpsc::Receiver<PreparedWindow>, done_tx: mpsc::Sender<DoneWindow>| {
+            while let Some(prepared) = prep_rx.blocking_recv() {
+                let mut vectors = vec![0f32; prepared.seqs * dims];
+                for (batch, indices) in &prepared.batches {
+                    // Finish the batch in flight, then drop the rest of the window: it is re-read on resume.
+                    if stop.requested() {
+                        return Ok(());
+                    }
+                    let started = Instant::now();
+                    let out = embedder.embed(batch)?;
+                    metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                    metrics.batch_size.observe(batch.len() as f64);
+                    metrics.batch_padded_tokens.observe(batch.padded_tokens() as f64);
+                    for (row, &seq) in indices.iter().enumerate() {
+                        vectors[seq * dims..(seq + 1) * dims]
+                            .copy_from_slice(&out[row * dims..(row + 1) * dims]);
+                    }
+                }
+                if done_tx.blocking_send(DoneWindow { prepared, vectors }).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        };
+        let name = self.model_name.clone();
+        let encode = Arc::new(move |done: DoneWindow| encode_chunk(&done, dims, &name));
+        self.run(reader, out, cp, bar, move |raw| ctx.prepare(raw), model, encode).await
+    }
+
+    /// Runs the stages to the end of the shard or a stop request; returns whether the shard is
+    /// done. `prepare` parses a window of lines, `model` turns prepared windows into finished
+    /// ones (in input order), `encode` makes a finished window's chunk.
+    #[allow(clippy::too_many_arguments)] // the three stage bodies are the point of this function
+    pub(crate) async fn run<P, D>(
+        &self,
+        mut reader: LineReader,
+        out: &dyn ObjectStore,
+        cp: &mut Checkpoint,
+        bar: Option<&indicatif::ProgressBar>,
+        prepare: impl Fn(RawWindow) -> P + Send + 'static,
+        model: impl FnOnce(mpsc::Receiver<P>, mpsc::Sender<D>) -> Result<(), BackendError> + Send + 'static,
+        encode: Arc<dyn Fn(D) -> Encoded + Send + Sync>,
+    ) -> Result<bool, RunError>
+    where
+        P: Send + 'static,
+        D: Send + 'static,
+    {
         // One window waits at each hand-off: the model never waits for input, memory stays bounded.
         let (raw_tx, mut raw_rx) = mpsc::channel::<RawWindow>(1);
-        let (prep_tx, mut prep_rx) = mpsc::channel::<PreparedWindow>(1);
-        let (done_tx, mut done_rx) = mpsc::channel::<DoneWindow>(1);
+        let (prep_tx, prep_rx) = mpsc::channel::<P>(1);
+        let (done_tx, mut done_rx) = mpsc::channel::<D>(1);
 
         let window = self.window.max(1);
         let max_window_bytes = 64 * 1024 * 1024;
@@ -563,52 +666,29 @@ impl Stages {
             }
         });
 
-        let ctx = self.ctx.clone();
         let prepare = std::thread::Builder::new()
             .name("prepare".into())
             .spawn(move || {
                 while let Some(raw) = raw_rx.blocking_recv() {
-                    if prep_tx.blocking_send(ctx.prepare(raw)).is_err() {
+                    if prep_tx.blocking_send(prepare(raw)).is_err() {
                         return;
                     }
                 }
             })
             .expect("spawning a thread");
 
-        let dims = embedder.dimensions();
-        let (stop, metrics) = (self.stop.clone(), self.metrics.clone());
         let model = std::thread::Builder::new()
             .name("model".into())
-            .spawn(move || -> Result<(), BackendError> {
-                while let Some(prepared) = prep_rx.blocking_recv() {
-                    let mut vectors = vec![0f32; prepared.seqs * dims];
-                    for (batch, indices) in &prepared.batches {
-                        // Finish the batch in flight, then drop the rest of the window: it is re-read on resume.
-                        if stop.requested() {
-                            return Ok(());
-                        }
-                        let started = Instant::now();
-                        let out = embedder.embed(batch)?;
-                        metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
-                        metrics.batch_size.observe(batch.len() as f64);
-                        metrics.batch_padded_tokens.observe(batch.padded_tokens() as f64);
-                        for (row, &seq) in indices.iter().enumerate() {
-                            vectors[seq * dims..(seq + 1) * dims]
-                                .copy_from_slice(&out[row * dims..(row + 1) * dims]);
-                        }
-                    }
-                    if done_tx.blocking_send(DoneWindow { prepared, vectors }).is_err() {
-                        return Ok(());
-                    }
-                }
-                Ok(())
-            })
+            .spawn(move || model(prep_rx, done_tx))
             .expect("spawning a thread");
 
         let mut written = 0u64;
         let mut write_error = None;
         while let Some(done) = done_rx.recv().await {
-            match self.write_window(done, dims, out, cp, bar).await {
+            let encode = encode.clone();
+            let encoded =
+                tokio::task::spawn_blocking(move || encode(done)).await.expect("encoding does not panic");
+            match self.write_window(encoded, out, cp, bar).await {
                 Ok(()) => written += 1,
                 Err(e) => {
                     // Stop the other stages; the checkpoint still marks the last good window.
@@ -642,17 +722,12 @@ impl Stages {
 
     async fn write_window(
         &self,
-        done: DoneWindow,
-        dims: usize,
+        encoded: Encoded,
         out: &dyn ObjectStore,
         cp: &mut Checkpoint,
         bar: Option<&indicatif::ProgressBar>,
     ) -> Result<(), RunError> {
-        let model = self.model_name.clone();
-        let end_offset = done.prepared.end_offset;
-        let (bytes, counts) = tokio::task::spawn_blocking(move || encode_chunk(&done, dims, &model))
-            .await
-            .expect("encoding does not panic");
+        let Encoded { bytes, counts, end_offset } = encoded;
         out.put(&chunk::chunk_key(cp.shard, cp.chunks), Bytes::from(bytes)).await?;
         cp.chunks += 1;
         cp.next_offset = end_offset;
@@ -663,6 +738,7 @@ impl Stages {
         self.metrics.requests.with_label_values(&["completed"]).inc_by(counts.completed);
         self.metrics.requests.with_label_values(&["failed"]).inc_by(counts.failed);
         self.metrics.prompt_tokens.inc_by(counts.prompt_tokens);
+        self.metrics.completion_tokens.inc_by(counts.completion_tokens);
         if let Some(bar) = bar {
             bar.set_position(end_offset.saturating_sub(self.range_start));
             bar.set_message(format!("{} ok, {} failed", cp.counts.completed, cp.counts.failed));

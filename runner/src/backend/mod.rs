@@ -51,6 +51,11 @@ pub enum BackendError {
         #[source]
         source: candle_core::Error,
     },
+    #[error("the model failed during generation: {source}")]
+    Generation {
+        #[source]
+        source: candle_core::Error,
+    },
 }
 
 /// An embedding model. Called from one dedicated thread; implementations may keep scratch state.

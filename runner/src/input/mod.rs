@@ -1,6 +1,7 @@
 //! Reading requests: lines streamed from storage ([`lines`]), the shard's byte range
 //! ([`shard_range`]) and the OpenAI batch format ([`openai`]).
 
+pub mod generation;
 pub mod lines;
 pub mod openai;
 
@@ -26,6 +27,11 @@ pub enum ErrorCode {
     UnsupportedDimensions,
     LineTooLong,
     ModelError,
+    InvalidParameter,
+    UnsupportedParameter,
+    NoChatTemplate,
+    ContextLengthExceeded,
+    WrongFormat,
 }
 
 impl ErrorCode {
@@ -45,6 +51,11 @@ impl ErrorCode {
             ErrorCode::UnsupportedDimensions => "unsupported_dimensions",
             ErrorCode::LineTooLong => "line_too_long",
             ErrorCode::ModelError => "model_error",
+            ErrorCode::InvalidParameter => "invalid_parameter",
+            ErrorCode::UnsupportedParameter => "unsupported_parameter",
+            ErrorCode::NoChatTemplate => "no_chat_template",
+            ErrorCode::ContextLengthExceeded => "context_length_exceeded",
+            ErrorCode::WrongFormat => "wrong_format",
         }
     }
 }

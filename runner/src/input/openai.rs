@@ -48,7 +48,7 @@ pub fn parse_line(line: &[u8], defaults: &Map<String, Value>) -> Result<Embeddin
         .map(|(inputs, encoding, dimensions)| EmbeddingRequest { custom_id, inputs, encoding, dimensions })
 }
 
-fn custom_id(value: Option<&Value>) -> Result<String, LineError> {
+pub(crate) fn custom_id(value: Option<&Value>) -> Result<String, LineError> {
     match value {
         None | Some(Value::Null) => Err(LineError::new(ErrorCode::MissingCustomId, "`custom_id` is missing")),
         Some(Value::String(s)) if s.is_empty() => {
@@ -193,7 +193,7 @@ fn token_ids(items: &[Value], index: Option<usize>) -> Result<Vec<u32>, LineErro
         .collect()
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -63,8 +63,20 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Res
 pub struct FusedLinear {
     /// (out, in), row-major: the layout checkpoints store.
     pub weight: Arc<Vec<f32>>,
-    pub bias: Arc<Vec<f32>>,
+    pub bias: Option<Arc<Vec<f32>>>,
+    pub out_dim: usize,
     pub gelu: bool,
+}
+
+#[cfg(feature = "openblas")]
+impl FusedLinear {
+    fn epilogue(&self, out: &mut [f32]) {
+        if let Some(bias) = &self.bias {
+            bias_epilogue(out, bias, self.gelu);
+        } else if self.gelu {
+            out.iter_mut().for_each(|v| *v = gelu(*v));
+        }
+    }
 }
 
 /// With OpenBLAS: GEMM and epilogue in one op, one block of rows per thread, each block's
@@ -77,17 +89,51 @@ impl CustomOp1 for FusedLinear {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, self.name())?;
-        let (out_dim, in_dim) = (self.bias.len(), self.weight.len() / self.bias.len());
+        let (out_dim, in_dim) = (self.out_dim, self.weight.len() / self.out_dim);
         let (rows, cols) = layout.shape().dims2()?;
         if cols != in_dim {
             candle_core::bail!("fused linear expects {in_dim} input features, got {cols}");
         }
         let mut out = vec![0f32; rows * out_dim];
-        let block = rows.div_ceil(rayon::current_num_threads()).max(1);
-        out.par_chunks_mut(block * out_dim).zip(x.par_chunks(block * in_dim)).for_each(|(out, x)| {
-            super::blas::sgemm_nt(x.len() / in_dim, out_dim, in_dim, x, &self.weight, out);
-            bias_epilogue(out, &self.bias, self.gelu);
-        });
+        let threads = rayon::current_num_threads();
+        if rows == 0 {
+            // Nothing to multiply (a decoder step that samples no sequence).
+        } else if rows < 4 * threads && out_dim >= 64 * threads {
+            // Few rows (a decoder's last sequences): split the output columns instead, so every
+            // core works; each block of weight rows is one GEMM into its own buffer.
+            let cols = out_dim.div_ceil(threads);
+            let parts: Vec<(usize, Vec<f32>)> = (0..out_dim)
+                .step_by(cols)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|c0| {
+                    let n = cols.min(out_dim - c0);
+                    let mut part = vec![0f32; rows * n];
+                    super::blas::sgemm_nt(
+                        rows,
+                        n,
+                        in_dim,
+                        x,
+                        &self.weight[c0 * in_dim..(c0 + n) * in_dim],
+                        &mut part,
+                    );
+                    (c0, part)
+                })
+                .collect();
+            for (c0, part) in parts {
+                let n = part.len() / rows;
+                for (dst, src) in out.chunks_exact_mut(out_dim).zip(part.chunks_exact(n)) {
+                    dst[c0..c0 + n].copy_from_slice(src);
+                }
+            }
+            self.epilogue(&mut out);
+        } else {
+            let block = rows.div_ceil(threads).max(1);
+            out.par_chunks_mut(block * out_dim).zip(x.par_chunks(block * in_dim)).for_each(|(out, x)| {
+                super::blas::sgemm_nt(x.len() / in_dim, out_dim, in_dim, x, &self.weight, out);
+                self.epilogue(out);
+            });
+        }
         Ok((CpuStorage::F32(out), Shape::from((rows, out_dim))))
     }
 }
@@ -191,7 +237,7 @@ pub enum Linear {
     /// Candle's GEMM; on the CPU the bias (and GELU) then run as one fused epilogue.
     Candle {
         weight: Tensor,
-        bias: Tensor,
+        bias: Option<Tensor>,
         gelu: bool,
         #[cfg(not(feature = "openblas"))]
         epilogue: Option<BiasEpilogue>,
@@ -201,19 +247,25 @@ pub enum Linear {
 impl Linear {
     /// `weight` is (out, in) and `bias` (out), as checkpoints store them.
     pub fn new(weight: Tensor, bias: Tensor, gelu: bool) -> Result<Self> {
+        Self::with_bias(weight, Some(bias), gelu)
+    }
+
+    /// A layer without bias (decoders) when `bias` is `None`.
+    pub fn with_bias(weight: Tensor, bias: Option<Tensor>, gelu: bool) -> Result<Self> {
         #[cfg(feature = "openblas")]
         if weight.device().is_cpu() {
+            let out_dim = weight.dim(0)?;
             return Ok(Linear::Fused(FusedLinear {
                 weight: Arc::new(weight.flatten_all()?.to_vec1::<f32>()?),
-                bias: Arc::new(bias.to_vec1::<f32>()?),
+                bias: bias.map(|b| b.to_vec1::<f32>().map(Arc::new)).transpose()?,
+                out_dim,
                 gelu,
             }));
         }
         #[cfg(not(feature = "openblas"))]
-        let epilogue = if weight.device().is_cpu() {
-            Some(BiasEpilogue { bias: bias.to_vec1::<f32>()?, gelu })
-        } else {
-            None
+        let epilogue = match &bias {
+            Some(b) if weight.device().is_cpu() => Some(BiasEpilogue { bias: b.to_vec1::<f32>()?, gelu }),
+            _ => None,
         };
         Ok(Linear::Candle {
             weight,
@@ -232,8 +284,36 @@ impl Linear {
             #[cfg(not(feature = "openblas"))]
             Linear::Candle { weight, epilogue: Some(op), .. } => x.matmul(&weight.t()?)?.apply_op1_no_bwd(op),
             Linear::Candle { weight, bias, gelu, .. } => {
-                let y = x.matmul(&weight.t()?)?.broadcast_add(bias)?;
+                let y = x.matmul(&weight.t()?)?;
+                let y = match bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                };
                 if *gelu { y.gelu_erf() } else { Ok(y) }
+            }
+        }
+    }
+
+    /// Rows `ids` of the weight matrix, (ids, in): a tied embedding table looked up through
+    /// the output layer that owns it, so the table is held once.
+    pub fn rows(&self, ids: &[u32], device: &candle_core::Device) -> Result<Tensor> {
+        match self {
+            #[cfg(feature = "openblas")]
+            Linear::Fused(op) => {
+                let width = op.weight.len() / op.out_dim;
+                let mut out = Vec::with_capacity(ids.len() * width);
+                for &id in ids {
+                    let id = id as usize;
+                    if id >= op.out_dim {
+                        candle_core::bail!("token id {id} is outside the vocabulary of {}", op.out_dim);
+                    }
+                    out.extend_from_slice(&op.weight[id * width..(id + 1) * width]);
+                }
+                Tensor::from_vec(out, (ids.len(), width), device)
+            }
+            Linear::Candle { weight, .. } => {
+                let ids = Tensor::from_slice(ids, ids.len(), weight.device())?;
+                weight.index_select(&ids, 0)
             }
         }
     }
@@ -276,8 +356,15 @@ mod tests {
 
     #[test]
     fn fused_linear_equals_matmul_plus_bias_then_gelu() -> Result<()> {
+        // Many rows split by rows; few rows and wide outputs split by columns.
+        for (rows, inp, out) in [(37, 24, 40), (3, 24, 300)] {
+            fused_linear_case(rows, inp, out)?;
+        }
+        Ok(())
+    }
+
+    fn fused_linear_case(rows: usize, inp: usize, out: usize) -> Result<()> {
         let dev = Device::Cpu;
-        let (rows, inp, out) = (37, 24, 40);
         let x = Tensor::from_vec(
             (0..rows * inp).map(|i| ((i * 7) % 13) as f32 / 5.0 - 1.2).collect(),
             (rows, inp),

@@ -26,7 +26,18 @@ pub fn chunk_key(shard: ShardId, n: u64) -> String {
 
 /// Starts a result entry; the caller appends the record line (ending in a newline).
 pub fn begin_result(out: &mut Vec<u8>, line: u64, custom_id: &str) {
-    out.extend_from_slice(format!("R\t{line}\t").as_bytes());
+    begin(out, b'R', line, custom_id);
+}
+
+/// Starts a result entry that reports a failed request (Anthropic's `errored` results live in
+/// the results file): merged like a result, counted as a failure.
+pub fn begin_failed_result(out: &mut Vec<u8>, line: u64, custom_id: &str) {
+    begin(out, b'F', line, custom_id);
+}
+
+fn begin(out: &mut Vec<u8>, kind: u8, line: u64, custom_id: &str) {
+    out.push(kind);
+    out.extend_from_slice(format!("\t{line}\t").as_bytes());
     serde_json::to_writer(&mut *out, custom_id).expect("writing JSON into a Vec cannot fail");
     out.push(b'\t');
 }
@@ -48,11 +59,12 @@ pub fn push_error(out: &mut Vec<u8>, line: u64, error: &LineError) {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Entry<'a> {
-    /// `record` is the output line without its newline.
+    /// `record` is the output line without its newline; `failed` marks an errored result.
     Result {
         line: u64,
         custom_id: String,
         record: &'a [u8],
+        failed: bool,
     },
     Error {
         line: u64,
@@ -80,10 +92,11 @@ pub fn parse(line: &[u8]) -> Result<Entry<'_>, DamagedChunk> {
     let custom_id: Option<String> =
         serde_json::from_slice(id).map_err(|e| DamagedChunk(format!("bad custom_id: {e}")))?;
     match kind {
-        b"R" => Ok(Entry::Result {
+        b"R" | b"F" => Ok(Entry::Result {
             line: line_no,
             custom_id: custom_id.ok_or_else(|| DamagedChunk("a result without custom_id".into()))?,
             record: payload,
+            failed: kind == b"F",
         }),
         b"E" => Ok(Entry::Error {
             line: line_no,
@@ -110,7 +123,7 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(
             parse(lines[0]).expect("result"),
-            Entry::Result { line: 3, custom_id: "a\tb\nc".into(), record: b"{\"id\":1}" }
+            Entry::Result { line: 3, custom_id: "a\tb\nc".into(), record: b"{\"id\":1}", failed: false }
         );
         assert_eq!(
             parse(lines[1]).expect("error"),

@@ -155,13 +155,17 @@ impl Merger {
             let entry = chunk::parse(raw)
                 .map_err(|e| FinalizeError::Damaged { uri: uri.to_string(), detail: e.to_string() })?;
             match entry {
-                Entry::Result { line, custom_id, record } => {
+                Entry::Result { line, custom_id, record, failed } => {
                     let line = line + line_offset;
                     match self.first_time(&custom_id, line) {
                         Ok(()) => {
                             self.results_buf.extend_from_slice(record);
                             self.results_buf.push(b'\n');
-                            self.completed += 1;
+                            if failed {
+                                self.failed += 1;
+                            } else {
+                                self.completed += 1;
+                            }
                         }
                         Err(first) => {
                             let msg = format!("`custom_id` {custom_id:?} repeats the one on line {first}");

@@ -9,6 +9,9 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobSpec {
+    /// The request format of a generation job (`None` for embeddings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<crate::input::generation::Format>,
     pub input: String,
     pub input_size: u64,
     pub input_etag: String,
@@ -39,6 +42,8 @@ impl JobSpec {
         cmp("model", self.model.clone(), other.model.clone());
         cmp("model files", self.model_etag.clone(), other.model_etag.clone());
         cmp("shards", self.shards.to_string(), other.shards.to_string());
+        let fmt = |f: Option<crate::input::generation::Format>| f.map_or("none", |f| f.as_str()).to_string();
+        cmp("format", fmt(self.format), fmt(other.format));
         cmp(
             "defaults",
             Value::Object(self.defaults.clone()).to_string(),

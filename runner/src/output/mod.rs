@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod chunk;
 pub mod finalize;
+pub mod generation_record;
 pub mod job;
 pub mod manifest;
 pub mod record;

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod chat;
 mod embeddings;
 mod malformed;
 mod resume;

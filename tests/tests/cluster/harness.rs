@@ -367,6 +367,19 @@ async fn ensure_model(s3: &aws_sdk_s3::Client) {
         .expect("marker");
 }
 
+/// The SmolLM2 GGUF in the models bucket, uploaded once; returns its URI.
+pub async fn ensure_gguf(s3: &aws_sdk_s3::Client) -> String {
+    let path = PathBuf::from(env("BARGE_SMOLLM2_GGUF"));
+    let name = path.file_name().expect("a file name").to_string_lossy().to_string();
+    let key = format!("smollm2/{name}");
+    if s3.head_object().bucket(MODEL_BUCKET).key(&key).send().await.is_err() {
+        let _ = s3.create_bucket().bucket(MODEL_BUCKET).send().await;
+        let body = ByteStream::from_path(&path).await.expect("read the GGUF");
+        s3.put_object().bucket(MODEL_BUCKET).key(&key).body(body).send().await.expect("upload the GGUF");
+    }
+    format!("s3://{MODEL_BUCKET}/{key}")
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).expect("model dir").flatten() {

@@ -225,3 +225,44 @@ async fn an_image_that_cannot_be_pulled_fails_the_job_with_a_clear_reason() {
     assert_eq!(why, reason::IMAGE_PULL);
     assert!(message.contains("registry.example/barge-runner-typo:1"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_anthropic_chat_job_on_smollm2_reports_tokens_and_anthropic_results() {
+    let mut story = Story::new("chat").await;
+    story.start_operator(PRICES, &[]);
+    let n = 12;
+    let input: String = (0..n)
+        .map(|i| {
+            serde_json::json!({"custom_id": format!("m-{i}"), "params": {"model": "smollm2", "max_tokens": 12,
+                "temperature": 0, "messages": [{"role": "user", "content": format!("Give me a fact about the number {i}.")}]}})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    story.put("in/messages.jsonl", input).await;
+    let mut spec = story.spec("in/messages.jsonl", "out");
+    spec.model.uri = ensure_gguf(&story.s3).await;
+    spec.model.name = Some("smollm2-135m".into());
+    spec.input.format = barge_api::batchjob::InputFormat::Anthropic;
+    spec.parallelism = 2;
+    story.create("chat", spec).await;
+    let job = story.wait_phase("chat", "Succeeded", Duration::from_secs(300)).await;
+    let st = job.status.expect("status");
+    assert_eq!((st.request_counts.completed, st.request_counts.failed), (n as u64, 0));
+    assert!(st.tokens.prompt > 20 * n as u64, "prompts include the chat template: {}", st.tokens.prompt);
+    let results = story.get_jsonl("out/results.jsonl").await;
+    assert_eq!(results.len(), n);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["custom_id"], format!("m-{i}"));
+        let m = &r["result"]["message"];
+        assert_eq!(
+            (r["result"]["type"].as_str(), m["model"].as_str()),
+            (Some("succeeded"), Some("smollm2-135m"))
+        );
+        assert!(m["content"][0]["text"].as_str().is_some_and(|t| !t.is_empty()), "{r}");
+    }
+    let output_tokens: u64 =
+        results.iter().filter_map(|r| r["result"]["message"]["usage"]["output_tokens"].as_u64()).sum();
+    assert_eq!(st.tokens.completion, output_tokens, "the status counts the tokens the results report");
+    assert!(output_tokens > 0 && output_tokens <= 12 * n as u64, "{output_tokens}");
+}

@@ -1,0 +1,159 @@
+//! GGUF files: typed access to the metadata the decoder needs and the tensors, dequantized to
+//! f32 once at load (for a model this small, large f32 GEMMs beat quantized kernels once
+//! sequences are batched; see docs/benchmarks.md).
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{Device, Tensor};
+
+use crate::models::ModelError;
+
+pub struct Gguf {
+    path: PathBuf,
+    content: Content,
+    reader: BufReader<File>,
+}
+
+impl Gguf {
+    pub fn open(path: &Path) -> Result<Self, ModelError> {
+        let bad = |detail: String| ModelError::BadFile { path: path.display().to_string(), detail };
+        let file = File::open(path).map_err(|e| bad(e.to_string()))?;
+        let mut reader = BufReader::new(file);
+        let content =
+            Content::read(&mut reader).map_err(|e| bad(format!("not a readable GGUF file: {e}")))?;
+        Ok(Gguf { path: path.to_path_buf(), content, reader })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn bad(&self, detail: String) -> ModelError {
+        ModelError::BadFile { path: self.path.display().to_string(), detail }
+    }
+
+    pub fn architecture(&self) -> Result<String, ModelError> {
+        self.string("general.architecture")?.ok_or_else(|| self.bad("no general.architecture key".into()))
+    }
+
+    fn value(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    pub fn string(&self, key: &str) -> Result<Option<String>, ModelError> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(self.bad(format!("{key} is {:?}, expected a string", other.value_type()))),
+        }
+    }
+
+    pub fn usize(&self, key: &str) -> Result<Option<usize>, ModelError> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(v) => {
+                as_usize(v).map(Some).ok_or_else(|| self.bad(format!("{key} is not a non-negative integer")))
+            }
+        }
+    }
+
+    pub fn required_usize(&self, key: &str) -> Result<usize, ModelError> {
+        self.usize(key)?.ok_or_else(|| self.bad(format!("the metadata key {key} is missing")))
+    }
+
+    pub fn f32(&self, key: &str) -> Result<Option<f32>, ModelError> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(Value::F32(v)) => Ok(Some(*v)),
+            Some(Value::F64(v)) => Ok(Some(*v as f32)),
+            Some(v) => {
+                as_usize(v).map(|n| Some(n as f32)).ok_or_else(|| self.bad(format!("{key} is not a number")))
+            }
+        }
+    }
+
+    pub fn bool(&self, key: &str) -> Result<Option<bool>, ModelError> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(self.bad(format!("{key} is not a boolean"))),
+        }
+    }
+
+    pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>, ModelError> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    _ => Err(self.bad(format!("{key} holds a non-string"))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(self.bad(format!("{key} is not an array"))),
+        }
+    }
+
+    pub fn floats(&self, key: &str) -> Result<Option<Vec<f32>>, ModelError> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::F32(x) => Ok(*x),
+                    Value::F64(x) => Ok(*x as f32),
+                    _ => Err(self.bad(format!("{key} holds a non-float"))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(self.bad(format!("{key} is not an array"))),
+        }
+    }
+
+    pub fn integers(&self, key: &str) -> Result<Option<Vec<i64>>, ModelError> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| as_i64(v).ok_or_else(|| self.bad(format!("{key} holds a non-integer"))))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(self.bad(format!("{key} is not an array"))),
+        }
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// The tensor `name` in f32 on the CPU, shaped as candle orders GGUF dimensions:
+    /// a Linear weight comes out (out, in).
+    pub fn tensor(&mut self, name: &str) -> Result<Tensor, ModelError> {
+        let weights =
+            |source| ModelError::Weights { path: format!("{}:{name}", self.path.display()), source };
+        let q = self.content.tensor(&mut self.reader, name, &Device::Cpu).map_err(weights)?;
+        q.dequantize(&Device::Cpu).map_err(weights)
+    }
+}
+
+fn as_i64(v: &Value) -> Option<i64> {
+    Some(match v {
+        Value::U8(x) => *x as i64,
+        Value::I8(x) => *x as i64,
+        Value::U16(x) => *x as i64,
+        Value::I16(x) => *x as i64,
+        Value::U32(x) => *x as i64,
+        Value::I32(x) => *x as i64,
+        Value::U64(x) => i64::try_from(*x).ok()?,
+        Value::I64(x) => *x,
+        _ => return None,
+    })
+}
+
+fn as_usize(v: &Value) -> Option<usize> {
+    as_i64(v).and_then(|x| usize::try_from(x).ok())
+}

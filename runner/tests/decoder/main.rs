@@ -1,0 +1,254 @@
+//! The decoder on the real SmolLM2-135M-Instruct GGUF: tokenizer and greedy parity with
+//! llama.cpp (fixtures made by scripts/reference/), and the engine's batching guarantees.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use barge_runner::decoder::chat_template::ChatMessage;
+use barge_runner::decoder::engine::{Engine, EngineConfig, Finish, GenRequest, GenResult};
+use barge_runner::decoder::sampling::SamplingParams;
+use barge_runner::decoder::{self, DecoderModel};
+use candle_core::Device;
+use serde_json::Value;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+}
+
+/// The GGUF (`BARGE_SMOLLM2_GGUF`, else fetched into the cache).
+fn gguf() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(p) = std::env::var_os("BARGE_SMOLLM2_GGUF") {
+            return PathBuf::from(p);
+        }
+        let out = Command::new(repo_root().join("scripts/fetch-model.sh"))
+            .arg("smollm2")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("runs scripts/fetch-model.sh");
+        assert!(out.status.success(), "fetch-model.sh smollm2 failed");
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+fn load() -> DecoderModel {
+    decoder::load(gguf(), &Device::Cpu).expect("SmolLM2 loads")
+}
+
+fn fixture(name: &str) -> Value {
+    let path = repo_root().join("runner/tests/fixtures").join(name);
+    serde_json::from_slice(&std::fs::read(&path).expect("fixture exists")).expect("fixture is JSON")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().expect("an id array").iter().map(|x| x.as_u64().expect("an id") as u32).collect()
+}
+
+fn greedy() -> SamplingParams {
+    SamplingParams { temperature: 0.0, ..SamplingParams::default() }
+}
+
+fn config(max_seqs: usize) -> EngineConfig {
+    EngineConfig { max_seqs, step_tokens: 512, kv_cache_mib: 256 }
+}
+
+/// Runs `requests` through one engine to the end; results in tag order.
+fn generate(model: DecoderModel, cfg: EngineConfig, requests: Vec<GenRequest>) -> Vec<GenResult> {
+    let DecoderModel { decoder, vocab, .. } = model;
+    let mut engine = Engine::new(decoder, cfg);
+    for r in requests {
+        engine.add(r);
+    }
+    let mut out = Vec::new();
+    while !engine.is_idle() {
+        out.extend(engine.step(&vocab).expect("a step runs"));
+    }
+    out.sort_by_key(|r| r.tag);
+    out
+}
+
+fn request(tag: u64, prompt: Vec<u32>, max_tokens: usize, sampling: SamplingParams) -> GenRequest {
+    GenRequest { tag, prompt, max_tokens, sampling, stop: Vec::new() }
+}
+
+fn chat_prompt(model: &DecoderModel, user: &str) -> Vec<u32> {
+    let template = model.template.as_ref().expect("SmolLM2 has a chat template");
+    let text =
+        template.render(&[ChatMessage { role: "user".into(), content: user.into() }]).expect("renders");
+    model.vocab.prompt_ids(&text).expect("tokenizes")
+}
+
+const QUESTIONS: [&str; 8] = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "List three primary colours.",
+    "Explain what a CPU does in one sentence.",
+    "What is 12 times 12?",
+    "Translate 'good morning' into Spanish.",
+    "Give me a name for a pet turtle.",
+    "Why is the sky blue?",
+];
+
+#[test]
+fn tokenizer_matches_llama_cpp() {
+    let model = load();
+    let cases = fixture("smollm2_tokenizer.json");
+    let cases = cases["cases"].as_array().expect("a case list");
+    assert!(cases.len() >= 30, "the fixture covers many strings");
+    let mut mismatches = Vec::new();
+    for case in cases {
+        let text = case["text"].as_str().expect("text");
+        let got = model.vocab.encode(text).expect("tokenizes");
+        if got != ids(&case["ids"]) {
+            mismatches.push(format!("{text:?}: barge {got:?} vs llama.cpp {:?}", ids(&case["ids"])));
+        }
+        // Decoding the ids gives the text back, control tokens left out.
+        let decoded = model.vocab.decode(&got);
+        if !text.contains("<|") {
+            assert_eq!(decoded, text, "round trip of {text:?}");
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} strings differ:\n{}",
+        mismatches.len(),
+        cases.len(),
+        mismatches.join("\n")
+    );
+}
+
+#[test]
+fn greedy_tokens_match_llama_cpp() {
+    let model = load();
+    let fx = fixture("smollm2_greedy.json");
+    let chats = fx["chats"].as_array().expect("chats");
+    let template = model.template.as_ref().expect("a template");
+    let mut requests = Vec::new();
+    for (i, chat) in chats.iter().enumerate() {
+        let messages: Vec<ChatMessage> = serde_json::from_value(chat["messages"].clone()).expect("messages");
+        let text = template.render(&messages).expect("renders");
+        assert_eq!(text, chat["prompt"].as_str().expect("prompt"), "rendered template of chat {i}");
+        let prompt = model.vocab.prompt_ids(&text).expect("tokenizes");
+        assert_eq!(prompt, ids(&chat["prompt_ids"]), "prompt ids of chat {i}");
+        requests.push(request(i as u64, prompt, 16, greedy()));
+    }
+    let completions = fx["completions"].as_array().expect("completions");
+    for (j, c) in completions.iter().enumerate() {
+        let prompt = model.vocab.prompt_ids(c["prompt"].as_str().expect("prompt")).expect("tokenizes");
+        assert_eq!(prompt, ids(&c["prompt_ids"]), "prompt ids of completion {j}");
+        requests.push(request((chats.len() + j) as u64, prompt, 16, greedy()));
+    }
+    let expected: Vec<&Value> = chats.iter().chain(completions).collect();
+    let vocab_eos = model.vocab.eos;
+    let results = generate(model, config(32), requests);
+    let mut matching = 0;
+    let mut report = Vec::new();
+    for (r, want) in results.iter().zip(&expected) {
+        let mut want_ids = ids(&want["greedy_ids"]);
+        // llama.cpp's list ends with EOS when the answer ended early; Barge stops before it.
+        if want_ids.last().copied() == vocab_eos {
+            want_ids.pop();
+        }
+        let got = &r.tokens;
+        if *got == want_ids {
+            matching += 1;
+        } else {
+            report.push(format!("#{}: barge {:?} vs llama.cpp {:?}", r.tag, r.text, want["greedy_text"]));
+        }
+    }
+    let share = matching as f64 / results.len() as f64;
+    eprintln!(
+        "greedy parity: {matching} of {} ({:.0} %)\n{}",
+        results.len(),
+        share * 100.0,
+        report.join("\n")
+    );
+    assert!(
+        share >= 0.9,
+        "only {matching} of {} prompts match llama.cpp's first 16 greedy tokens",
+        results.len()
+    );
+}
+
+#[test]
+fn a_request_gets_the_same_greedy_answer_alone_and_among_32_others() {
+    let model = load();
+    let prompts: Vec<Vec<u32>> =
+        (0..33).map(|i| chat_prompt(&model, QUESTIONS[i % QUESTIONS.len()])).collect();
+    // Vary lengths so the batch mixes prefill and decode steps.
+    let batch: Vec<GenRequest> =
+        prompts.iter().enumerate().map(|(i, p)| request(i as u64, p.clone(), 24 + i % 9, greedy())).collect();
+    let together = generate(model, config(64), batch);
+    for probe in [0usize, 7, 32] {
+        let alone = generate(
+            load(),
+            config(1),
+            vec![request(probe as u64, prompts[probe].clone(), 24 + probe % 9, greedy())],
+        );
+        assert_eq!(alone[0].tokens, together[probe].tokens, "request {probe}: alone vs batched");
+        assert_eq!(alone[0].text, together[probe].text);
+    }
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_in_any_batch() {
+    let model = load();
+    let prompt = chat_prompt(&model, "Tell me a short story about a fox.");
+    let filler = chat_prompt(&model, QUESTIONS[1]);
+    let sampled =
+        |seed| SamplingParams { temperature: 0.9, top_p: 0.95, top_k: 50, seed, ..SamplingParams::default() };
+    let mut batch =
+        vec![request(0, prompt.clone(), 32, sampled(42)), request(1, prompt.clone(), 32, sampled(7))];
+    batch.extend((2..10).map(|i| request(i, filler.clone(), 20, sampled(i))));
+    let together = generate(model, config(16), batch);
+    let alone = generate(load(), config(1), vec![request(0, prompt, 32, sampled(42))]);
+    assert_eq!(alone[0].tokens, together[0].tokens, "seed 42 alone vs in a batch");
+    assert_ne!(together[0].tokens, together[1].tokens, "different seeds draw differently");
+}
+
+#[test]
+fn max_tokens_and_stop_strings_end_generation() {
+    let model = load();
+    let prompt = chat_prompt(&model, "Count from one to twenty in words, separated by commas.");
+    let vocab_len = model.vocab.len();
+    let first = generate(model, config(4), vec![request(0, prompt.clone(), 12, greedy())]);
+    assert_eq!(first[0].finish, Finish::Length);
+    assert_eq!(first[0].completion_tokens, 12);
+    assert_eq!(first[0].tokens.len(), 12);
+    assert!(first[0].tokens.iter().all(|&t| (t as usize) < vocab_len));
+
+    // Stop on a piece of the text the model is known to produce; it must be cut there.
+    let text = first[0].text.clone();
+    let cut = text.char_indices().nth(text.chars().count() / 2).map_or(0, |(i, _)| i);
+    let stop: String = text[cut..].chars().take(3).collect();
+    let at = text.find(&stop).expect("the stop string is in the text");
+    let mut req = request(0, prompt, 12, greedy());
+    req.stop = vec!["never appears".into(), stop.clone()];
+    let stopped = generate(load(), config(4), vec![req]);
+    assert_eq!(stopped[0].finish, Finish::Stop(stop.clone()));
+    assert_eq!(stopped[0].text, text[..at], "text before {stop:?}");
+}
+
+#[test]
+fn a_small_kv_budget_makes_requests_wait_not_fail_or_change() {
+    let model = load();
+    let prompts: Vec<Vec<u32>> = QUESTIONS.iter().map(|q| chat_prompt(&model, q)).collect();
+    let reqs = || {
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| request(i as u64, p.clone(), 40, greedy()))
+            .collect::<Vec<_>>()
+    };
+    let roomy = generate(model, config(16), reqs());
+    // 45 KB a token: 8 MiB is 11 blocks of 16 tokens, room for two of these ~70-token
+    // sequences at a time, so the rest wait (and the newest is set back when both grow).
+    let tight = EngineConfig { max_seqs: 16, step_tokens: 7, kv_cache_mib: 8 };
+    let cramped = generate(load(), tight, reqs());
+    assert_eq!(cramped.len(), roomy.len());
+    for (a, b) in roomy.iter().zip(&cramped) {
+        assert_eq!(a.tokens, b.tokens, "request {} under a tight budget and chunked prefill", a.tag);
+    }
+}

@@ -1,0 +1,204 @@
+//! Chat and completion jobs through the binary on the real SmolLM2 GGUF: OpenAI and Anthropic
+//! shapes, error records, and a killed chat job resumed exactly once.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+fn smollm2() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| match std::env::var_os("BARGE_SMOLLM2_GGUF") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let out = std::process::Command::new(repo_root().join("scripts/fetch-model.sh"))
+                .arg("smollm2")
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("runs fetch-model.sh");
+            assert!(out.status.success());
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        }
+    })
+}
+
+fn chat_line(id: &str, user: &str, extra: Value) -> String {
+    let mut body =
+        json!({"model": "smollm2", "messages": [{"role": "user", "content": user}], "temperature": 0});
+    if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+        b.extend(e);
+    }
+    json!({"custom_id": id, "method": "POST", "url": "/v1/chat/completions", "body": body}).to_string()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").expect("write input");
+}
+
+fn run_gguf(input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
+    let (model, input, output) =
+        (smollm2().display().to_string(), input.display().to_string(), output.display().to_string());
+    run_ok(&[&["run", "--model", &model, "--input", &input, "--output", &output][..], extra].concat())
+}
+
+fn by_id(records: &[Value]) -> std::collections::HashMap<String, Value> {
+    records.iter().map(|r| (r["custom_id"].as_str().unwrap_or_default().to_string(), r.clone())).collect()
+}
+
+#[test]
+fn an_openai_chat_job_writes_chat_completions_and_error_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    let lines = vec![
+        chat_line("short", "What is the capital of France?", json!({"max_tokens": 5})),
+        chat_line("free", "Say hello.", json!({"max_tokens": 40, "stop": ["\n"]})),
+        json!({"custom_id": "plain", "method": "POST", "url": "/v1/completions",
+               "body": {"model": "smollm2", "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0}}).to_string(),
+        "{this is not json".to_string(),
+        chat_line("two", "Hi", json!({"n": 2})),
+        chat_line("huge", "Hi", json!({"max_tokens": 100000})),
+    ];
+    write_lines(&input, &lines);
+    let out = dir.path().join("out");
+    run_gguf(&input, &out, &[]);
+
+    let results = by_id(&read_jsonl(&out.join("results.jsonl")));
+    assert_eq!(results.len(), 3, "{results:?}");
+    let short = &results["short"]["response"]["body"];
+    assert_eq!(short["object"], "chat.completion");
+    assert_eq!(short["model"], "SmolLM2-135M-Instruct.Q4_1");
+    assert_eq!(short["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(short["choices"][0]["finish_reason"], "length");
+    assert_eq!(short["usage"]["completion_tokens"], 5, "max_tokens 5 gives exactly 5 tokens");
+    // SmolLM2's template adds its default system prompt: the prompt is far longer than the question.
+    let prompt_tokens = short["usage"]["prompt_tokens"].as_u64().expect("usage");
+    assert!(prompt_tokens > 20, "{prompt_tokens}");
+    assert_eq!(short["usage"]["total_tokens"].as_u64(), Some(prompt_tokens + 5));
+    let free = &results["free"]["response"]["body"]["choices"][0];
+    assert_eq!(free["finish_reason"], "stop");
+    assert!(!free["message"]["content"].as_str().expect("text").contains('\n'), "the stop string is cut");
+    let plain = &results["plain"]["response"]["body"];
+    assert_eq!(plain["object"], "text_completion");
+    assert_eq!(plain["usage"]["completion_tokens"], 6);
+    assert!(plain["choices"][0]["text"].as_str().is_some_and(|t| t.contains("Paris")), "{plain}");
+
+    let errors = read_jsonl(&out.join("errors.jsonl"));
+    let codes: Vec<(Option<&str>, &str)> = errors
+        .iter()
+        .map(|e| (e["custom_id"].as_str(), e["error"]["code"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            (None, "invalid_json"),
+            (Some("two"), "unsupported_parameter"),
+            (Some("huge"), "context_length_exceeded")
+        ]
+    );
+    let huge = errors[2]["error"]["message"].as_str().expect("message");
+    assert!(huge.contains("100000") && huge.contains("8192"), "names both numbers: {huge}");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("manifest")).expect("json");
+    assert_eq!(manifest["requestCounts"]["completed"], 3, "{manifest}");
+    assert_eq!(manifest["requestCounts"]["failed"], 3, "{manifest}");
+}
+
+#[test]
+fn anthropic_lines_get_anthropic_results() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    let line = |id: &str, params: Value| json!({"custom_id": id, "params": params}).to_string();
+    write_lines(
+        &input,
+        &[
+            line(
+                "a1",
+                json!({"model": "smollm2", "max_tokens": 8, "temperature": 0,
+                "system": "You are a terse assistant.", "messages": [{"role": "user", "content": "Name a fruit."}]}),
+            ),
+            line(
+                "a2",
+                json!({"model": "smollm2", "max_tokens": 64, "temperature": 0, "stop_sequences": [" "],
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "Describe the sea."}]}]}),
+            ),
+            line(
+                "bad",
+                json!({"model": "smollm2", "max_tokens": 8, "top_p": 3, "messages": [{"role": "user", "content": "x"}]}),
+            ),
+        ],
+    );
+    let out = dir.path().join("out");
+    run_gguf(&input, &out, &[]);
+    let results = by_id(&read_jsonl(&out.join("results.jsonl")));
+    let a1 = &results["a1"]["result"];
+    assert_eq!(a1["type"], "succeeded");
+    assert_eq!(a1["message"]["role"], "assistant");
+    assert_eq!(a1["message"]["stop_reason"], "max_tokens");
+    assert_eq!(a1["message"]["usage"]["output_tokens"], 8);
+    let a2 = &results["a2"]["result"]["message"];
+    assert_eq!(a2["stop_reason"], "stop_sequence");
+    assert_eq!(a2["stop_sequence"], " ");
+    assert!(!a2["content"][0]["text"].as_str().expect("text").contains(' '));
+    let bad = &results["bad"]["result"];
+    assert_eq!(bad["type"], "errored");
+    assert!(bad["error"]["error"]["message"].as_str().is_some_and(|m| m.contains("top_p")), "{bad}");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("manifest")).expect("json");
+    assert_eq!(
+        (manifest["requestCounts"]["completed"].as_u64(), manifest["requestCounts"]["failed"].as_u64()),
+        (Some(2), Some(1))
+    );
+}
+
+#[test]
+fn a_killed_chat_job_resumes_with_every_request_exactly_once() {
+    const N: usize = 40;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    let lines: Vec<String> = (0..N)
+        .map(|i| {
+            chat_line(
+                &format!("c{i}"),
+                &format!("Write one sentence about the number {i}."),
+                json!({"max_tokens": 24}),
+            )
+        })
+        .collect();
+    write_lines(&input, &lines);
+    let out = dir.path().join("out");
+    let (model, input_s, out_s) =
+        (smollm2().display().to_string(), input.display().to_string(), out.display().to_string());
+    let args = [
+        "run",
+        "--model",
+        &model,
+        "--input",
+        &input_s,
+        "--output",
+        &out_s,
+        "--window",
+        "4",
+        "--max-seqs",
+        "8",
+    ];
+    let mut child = runner().args(args).stderr(Stdio::null()).spawn().expect("starts");
+    wait_for("two checkpoints", Duration::from_secs(300), || checkpointed_chunks(&out) >= 2);
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+    assert!(!out.join("results.jsonl").exists(), "killed before the end");
+
+    let rerun = run_ok(&args);
+    assert!(String::from_utf8_lossy(&rerun.stderr).contains("resuming after the last checkpoint"));
+    let results = read_jsonl(&out.join("results.jsonl"));
+    let expected: Vec<String> = (0..N).map(|i| format!("c{i}")).collect();
+    assert_eq!(custom_ids(&results), expected, "every request once, in input order");
+    assert!(
+        results
+            .iter()
+            .all(|r| r["response"]["body"]["usage"]["completion_tokens"].as_u64().is_some_and(|n| n > 0))
+    );
+}
