@@ -126,6 +126,11 @@ impl Gguf {
         }
     }
 
+    /// The storage type of tensor `name` (F32 when absent).
+    pub fn tensor_type(&self, name: &str) -> candle_core::quantized::GgmlDType {
+        self.content.tensor_infos.get(name).map_or(candle_core::quantized::GgmlDType::F32, |i| i.ggml_dtype)
+    }
+
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
     }

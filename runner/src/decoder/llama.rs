@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::Decoder;
 use super::gguf::Gguf;
 use super::kv_cache::KvCache;
-use super::ops::{Gate, PagedAttention, Rope, StepLayout, gated};
+use super::ops::{ActQuant, Gate, PagedAttention, Rope, StepLayout, gated, round_activations};
 use crate::models::ModelError;
 use crate::models::cpu_ops::Linear;
 
@@ -53,6 +53,8 @@ struct Layer {
     post_ffn_norm: Option<Tensor>,
     /// A sliding-window layer (Gemma 3).
     window: Option<usize>,
+    /// Activation rounding before qkv, out, gate_up and down.
+    quant: [ActQuant; 4],
     /// Q, K and V in one GEMM.
     qkv: Linear,
     out: Linear,
@@ -73,12 +75,17 @@ pub struct Llama {
     rope: Rope,
     /// Gemma 3's sliding-window layers rotate with their own base.
     rope_local: Option<Rope>,
+    head_quant: ActQuant,
+    /// GGUF models: keys and values rounded to f16 as in llama.cpp's cache.
+    f16_cache: bool,
 }
 
 /// The weights by their GGUF names (`blk.N.attn_q.weight`), whatever file they come from.
 trait Weights {
     fn get(&mut self, name: &str) -> Result<Tensor, ModelError>;
     fn has(&self, name: &str) -> bool;
+    /// How llama.cpp would round the activations multiplied by this weight.
+    fn act_quant(&self, name: &str) -> ActQuant;
 }
 
 impl Weights for Gguf {
@@ -87,6 +94,9 @@ impl Weights for Gguf {
     }
     fn has(&self, name: &str) -> bool {
         self.has_tensor(name)
+    }
+    fn act_quant(&self, name: &str) -> ActQuant {
+        ActQuant::for_weight(self.tensor_type(name))
     }
 }
 
@@ -134,6 +144,9 @@ impl Weights for Safetensors<'_> {
     }
     fn has(&self, name: &str) -> bool {
         self.vb.contains_tensor(&Self::hf_name(name))
+    }
+    fn act_quant(&self, _: &str) -> ActQuant {
+        ActQuant::None
     }
 }
 
@@ -281,6 +294,7 @@ impl Llama {
         };
         let linear = |t: Tensor| -> Result<Linear, ModelError> {
             Linear::with_bias(on(t)?, None, false)
+                .map(Linear::batch_invariant)
                 .map_err(|source| ModelError::Weights { path: "linear".into(), source })
         };
         let cat = |parts: &[Tensor]| -> Result<Tensor, ModelError> {
@@ -303,6 +317,12 @@ impl Llama {
                 _ => None,
             };
             let window = gemma.filter(|g| (i + 1) % g.pattern != 0).map(|g| g.sliding_window);
+            let quant = [
+                w.act_quant(&name("attn_q")),
+                w.act_quant(&name("attn_output")),
+                w.act_quant(&name("ffn_gate")),
+                w.act_quant(&name("ffn_down")),
+            ];
             let post_attn_norm = optional(w, "post_attention_norm")?;
             let post_ffn_norm = optional(w, "post_ffw_norm")?;
             let mut get = |n: &str| w.get(&name(n));
@@ -311,6 +331,7 @@ impl Llama {
                 post_attn_norm,
                 post_ffn_norm,
                 window,
+                quant,
                 attn_norm: on(get("attn_norm")?)?,
                 qkv: linear(cat(&[q, k, v])?)?,
                 out: linear(get("attn_output")?)?,
@@ -320,6 +341,9 @@ impl Llama {
             });
         }
         let norm = on(w.get("output_norm.weight")?)?;
+        let head_quant =
+            w.act_quant(if w.has("output.weight") { "output.weight" } else { "token_embd.weight" });
+        let f16_cache = head_quant != ActQuant::None;
         let embed_table = w.get("token_embd.weight")?;
         let (lm_head, embed) = if w.has("output.weight") {
             (linear(w.get("output.weight")?)?, Some(linear(embed_table)?))
@@ -331,7 +355,18 @@ impl Llama {
             .gemma
             .as_ref()
             .map(|g| Rope::new(cfg.head_dim, cfg.context, g.rope_base_local, cfg.interleaved_rope));
-        Ok(Llama { cfg, device: device.clone(), layers, norm, lm_head, embed, rope, rope_local })
+        Ok(Llama {
+            cfg,
+            device: device.clone(),
+            layers,
+            norm,
+            lm_head,
+            embed,
+            rope,
+            rope_local,
+            head_quant,
+            f16_cache,
+        })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -360,6 +395,7 @@ impl Llama {
             scale: self.cfg.gemma.as_ref().map_or(1.0 / (self.cfg.head_dim as f32).sqrt(), |g| g.attn_scale),
             window: l.window,
             qk_norm: l.qk_norm.as_ref().map(|(q, k)| (q.as_slice(), k.as_slice(), self.cfg.eps as f32)),
+            f16_cache: self.f16_cache,
         };
         if self.device.is_cpu() {
             return qkv.contiguous()?.apply_op1_no_bwd(&op);
@@ -410,11 +446,15 @@ impl Decoder for Llama {
             None => Ok(y),
         };
         for (i, layer) in self.layers.iter().enumerate() {
+            let [q_qkv, q_out, q_gate_up, q_down] = layer.quant;
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let attended = self.attention(&layer.qkv.forward(&h)?, layout, cache, i)?;
-            x = (x + post(layer.out.forward(&attended)?, &layer.post_attn_norm)?)?;
+            let qkv = layer.qkv.forward(&round_activations(&h, q_qkv)?)?;
+            let attended = self.attention(&qkv, layout, cache, i)?;
+            let o = layer.out.forward(&round_activations(&attended, q_out)?)?;
+            x = (x + post(o, &layer.post_attn_norm)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let m = layer.down.forward(&gated(&layer.gate_up.forward(&h)?, gate)?)?;
+            let g = gated(&layer.gate_up.forward(&round_activations(&h, q_gate_up)?)?, gate)?;
+            let m = layer.down.forward(&round_activations(&g, q_down)?)?;
             x = (x + post(m, &layer.post_ffn_norm)?)?;
         }
         if logit_rows.is_empty() {
@@ -423,6 +463,6 @@ impl Decoder for Llama {
         let rows: Vec<u32> = logit_rows.iter().map(|&r| r as u32).collect();
         let last = x.index_select(&Tensor::from_vec(rows, logit_rows.len(), &self.device)?, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        self.lm_head.forward(&last)?.flatten_all()?.to_vec1::<f32>()
+        self.lm_head.forward(&round_activations(&last, self.head_quant)?)?.flatten_all()?.to_vec1::<f32>()
     }
 }

@@ -10,6 +10,97 @@ use rayon::prelude::*;
 
 use super::kv_cache::{LayerKv, row};
 
+/// How llama.cpp rounds a matrix product's activations for a weight type (ggml's
+/// `vec_dot_type`): GGUF weights are meant to be run with this arithmetic, and applying the
+/// same rounding to the f32 path gives llama.cpp's numbers, not merely close ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActQuant {
+    /// Kept in f32 (f32 weights, safetensors models).
+    None,
+    /// Rounded to f16 (f16 weights).
+    F16,
+    /// 8-bit blocks of 32 with an f16 scale (Q4_0, Q5_0, Q8_0 weights; Q4_1 and Q5_1 use the
+    /// same values in their Q8_1 blocks).
+    Q8Block32,
+    /// 8-bit blocks of 256 with an f32 scale (k-quant weights).
+    Q8K,
+}
+
+impl ActQuant {
+    pub fn for_weight(dtype: candle_core::quantized::GgmlDType) -> Self {
+        use candle_core::quantized::GgmlDType as T;
+        match dtype {
+            T::F32 => ActQuant::None,
+            T::F16 | T::BF16 => ActQuant::F16,
+            T::Q4_0 | T::Q4_1 | T::Q5_0 | T::Q5_1 | T::Q8_0 | T::Q8_1 => ActQuant::Q8Block32,
+            T::Q2K | T::Q3K | T::Q4K | T::Q5K | T::Q6K | T::Q8K => ActQuant::Q8K,
+        }
+    }
+
+    /// Rounds one row in place.
+    fn round_row(self, x: &mut [f32]) {
+        match self {
+            ActQuant::None => {}
+            ActQuant::F16 => x.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+            ActQuant::Q8Block32 => {
+                for block in x.chunks_mut(32) {
+                    let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let d = amax / 127.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    // ggml keeps the scale as f16; the integers come from the exact one.
+                    let d16 = half::f16::from_f32(d).to_f32();
+                    block.iter_mut().for_each(|v| *v = (*v * id).round() * d16);
+                }
+            }
+            ActQuant::Q8K => {
+                for block in x.chunks_mut(256) {
+                    let max = block.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                    if max == 0.0 {
+                        block.iter_mut().for_each(|v| *v = 0.0);
+                        continue;
+                    }
+                    let iscale = -128.0 / max;
+                    let d = 1.0 / iscale;
+                    block.iter_mut().for_each(|v| *v = (iscale * *v).round().min(127.0) * d);
+                }
+            }
+        }
+    }
+}
+
+/// [`ActQuant`] over the rows of a (rows, features) matrix.
+pub struct RoundActivations(pub ActQuant);
+
+impl CustomOp1 for RoundActivations {
+    fn name(&self) -> &'static str {
+        "barge-round-activations"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let data = storage.as_slice::<f32>()?;
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("rounding activations needs a contiguous input");
+        };
+        let (_, cols) = layout.shape().dims2()?;
+        let mut out = data[start..end].to_vec();
+        out.par_chunks_mut(cols.max(1)).for_each(|row| self.0.round_row(row));
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// `x` with its rows rounded as `q` says (unchanged off the CPU or for [`ActQuant::None`]).
+pub fn round_activations(x: &Tensor, q: ActQuant) -> Result<Tensor> {
+    if q == ActQuant::None || !x.device().is_cpu() {
+        return Ok(x.clone());
+    }
+    x.contiguous()?.apply_op1_no_bwd(&RoundActivations(q))
+}
+
+#[inline]
+fn f16_round(x: f32) -> f32 {
+    half::f16::from_f32(x).to_f32()
+}
+
 /// cos and sin of every position × frequency, computed once.
 pub struct Rope {
     cos: Vec<f32>,
@@ -77,6 +168,9 @@ pub struct PagedAttention<'a> {
     pub window: Option<usize>,
     /// Per-head RMS norms of queries and keys before the rotation (Gemma 3), with their epsilon.
     pub qk_norm: Option<(&'a [f32], &'a [f32], f32)>,
+    /// Keys, values, queries and attention weights rounded to f16 as llama.cpp's default f16
+    /// cache does (GGUF models), so results match it.
+    pub f16_cache: bool,
 }
 
 /// RMS-normalises each head of `x` in place with the per-dimension `weight`.
@@ -124,6 +218,9 @@ impl CustomOp1 for PagedAttention<'_> {
                 head_norm(qt, qn, eps);
             }
             self.rope.apply(qt, pos);
+            if self.f16_cache {
+                qt.iter_mut().for_each(|v| *v = f16_round(*v));
+            }
             let r = row(&self.layout.tables[self.layout.seq_of_token[t]], pos) * kv_dim;
             let k = &mut kv.k[r..r + kv_dim];
             k.copy_from_slice(&src[q_dim..q_dim + kv_dim]);
@@ -131,7 +228,11 @@ impl CustomOp1 for PagedAttention<'_> {
                 head_norm(k, kn, eps);
             }
             self.rope.apply(k, pos);
-            kv.v[r..r + kv_dim].copy_from_slice(&src[q_dim + kv_dim..]);
+            let v = &mut kv.v[r..r + kv_dim];
+            v.copy_from_slice(&src[q_dim + kv_dim..]);
+            if self.f16_cache {
+                k.iter_mut().chain(v.iter_mut()).for_each(|x| *x = f16_round(*x));
+            }
         }
         let kv = &*kv;
         let group = self.heads / self.kv_heads;
@@ -159,7 +260,7 @@ impl CustomOp1 for PagedAttention<'_> {
                 let inv = 1.0 / sum;
                 let oh = &mut out[h * d..(h + 1) * d];
                 for (s, &r) in scores.iter().zip(&rows) {
-                    let w = s * inv;
+                    let w = if self.f16_cache { f16_round(s * inv) } else { s * inv };
                     for (o, v) in oh.iter_mut().zip(&kv.v[r + off..r + off + d]) {
                         *o += w * v;
                     }
@@ -286,6 +387,7 @@ mod tests {
             scale: 1.0 / (d as f32).sqrt(),
             window,
             qk_norm: None,
+            f16_cache: false,
         };
         let got = Tensor::from_vec(values.clone(), (len, width), &Device::Cpu)?.apply_op1_no_bwd(&op)?;
         let got = got.flatten_all()?.to_vec1::<f32>()?;
@@ -340,5 +442,29 @@ mod tests {
             assert!(diff < 1e-5, "{gate:?}: {diff}");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod rounding_tests {
+    use super::*;
+
+    #[test]
+    fn block_rounding_keeps_the_largest_value_and_127_levels() {
+        let mut x: Vec<f32> = (0..64).map(|i| (i as f32 - 20.0) * 0.37).collect();
+        let original = x.clone();
+        ActQuant::Q8Block32.round_row(&mut x);
+        for (block, orig) in x.chunks(32).zip(original.chunks(32)) {
+            let amax = orig.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let step = half::f16::from_f32(amax / 127.0).to_f32();
+            for (v, o) in block.iter().zip(orig) {
+                assert!((v / step - (v / step).round()).abs() < 1e-3, "{v} is a multiple of the scale");
+                assert!((v - o).abs() <= step * 0.51 + amax * 1e-3, "{v} vs {o}");
+            }
+        }
+        let mut k: Vec<f32> = (0..256).map(|i| (i as f32).sin()).collect();
+        let orig = k.clone();
+        ActQuant::Q8K.round_row(&mut k);
+        assert!(k.iter().zip(&orig).all(|(a, b)| (a - b).abs() < 0.01));
     }
 }

@@ -288,7 +288,10 @@ fn anthropic(
         None => Vec::new(),
         Some(Value::Array(items)) => strings(items, "stop_sequences")?,
         Some(other) => {
-            return Err(invalid(format!("`stop_sequences` must be an array of strings, not {}", kind(other))));
+            return Err(invalid(format!(
+                "`stop_sequences` must be an array of strings, not {}",
+                kind(other)
+            )));
         }
     };
     if stop.len() > MAX_STOP_SEQUENCES {

@@ -66,7 +66,14 @@ pub struct FusedLinear {
     pub bias: Option<Arc<Vec<f32>>>,
     pub out_dim: usize,
     pub gelu: bool,
+    /// Decoders: every row computed by the same GEMM shape whatever else is in the batch (see
+    /// [`Linear::batch_invariant`]).
+    pub batch_invariant: bool,
 }
+
+/// Rows per GEMM tile in batch-invariant mode.
+#[cfg(feature = "openblas")]
+const TILE_ROWS: usize = 16;
 
 #[cfg(feature = "openblas")]
 impl FusedLinear {
@@ -98,6 +105,40 @@ impl CustomOp1 for FusedLinear {
         let threads = rayon::current_num_threads();
         if rows == 0 {
             // Nothing to multiply (a decoder step that samples no sequence).
+        } else if self.batch_invariant {
+            // OpenBLAS switches kernels with the matrix size (a small-matrix path, edge
+            // kernels), which changes a row's rounding with the batch around it. Padding the rows
+            // to whole tiles and splitting the weights by columns keeps every row's arithmetic
+            // the same in any batch, and each weight is packed once per step.
+            let padded = rows.div_ceil(TILE_ROWS) * TILE_ROWS;
+            let mut xp = x.to_vec();
+            xp.resize(padded * in_dim, 0.0);
+            let cols = out_dim.div_ceil(threads).div_ceil(16) * 16;
+            let parts: Vec<(usize, Vec<f32>)> = (0..out_dim)
+                .step_by(cols)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|c0| {
+                    let n = cols.min(out_dim - c0);
+                    let mut part = vec![0f32; padded * n];
+                    super::blas::sgemm_nt(
+                        padded,
+                        n,
+                        in_dim,
+                        &xp,
+                        &self.weight[c0 * in_dim..(c0 + n) * in_dim],
+                        &mut part,
+                    );
+                    (c0, part)
+                })
+                .collect();
+            for (c0, part) in parts {
+                let n = part.len() / padded;
+                for (dst, src) in out.chunks_exact_mut(out_dim).zip(part.chunks_exact(n)) {
+                    dst[c0..c0 + n].copy_from_slice(src);
+                }
+            }
+            self.epilogue(&mut out);
         } else if rows < 4 * threads && out_dim >= 64 * threads {
             // Few rows (a decoder's last sequences): split the output columns instead, so every
             // core works; each block of weight rows is one GEMM into its own buffer.
@@ -260,6 +301,7 @@ impl Linear {
                 bias: bias.map(|b| b.to_vec1::<f32>().map(Arc::new)).transpose()?,
                 out_dim,
                 gelu,
+                batch_invariant: false,
             }));
         }
         #[cfg(not(feature = "openblas"))]
@@ -292,6 +334,17 @@ impl Linear {
                 if *gelu { y.gelu_erf() } else { Ok(y) }
             }
         }
+    }
+
+    /// Makes each row's result independent of the other rows in the batch (decoders: a
+    /// request's greedy answer must not depend on what it was batched with). Candle's own GEMM
+    /// already is.
+    pub fn batch_invariant(mut self) -> Self {
+        #[cfg(feature = "openblas")]
+        if let Linear::Fused(op) = &mut self {
+            op.batch_invariant = true;
+        }
+        self
     }
 
     /// Rows `ids` of the weight matrix, (ids, in): a tied embedding table looked up through

@@ -143,34 +143,50 @@ fn greedy_tokens_match_llama_cpp() {
     let expected: Vec<&Value> = chats.iter().chain(completions).collect();
     let vocab_eos = model.vocab.eos;
     let results = generate(model, config(32), requests);
-    let mut matching = 0;
-    let mut report = Vec::new();
+    let (mut exact, mut report, mut confident_misses) = (0, Vec::new(), Vec::new());
     for (r, want) in results.iter().zip(&expected) {
         let mut want_ids = ids(&want["greedy_ids"]);
         // llama.cpp's list ends with EOS when the answer ended early; Barge stops before it.
         if want_ids.last().copied() == vocab_eos {
             want_ids.pop();
         }
-        let got = &r.tokens;
-        if *got == want_ids {
-            matching += 1;
-        } else {
-            report.push(format!("#{}: barge {:?} vs llama.cpp {:?}", r.tag, r.text, want["greedy_text"]));
+        let Some(at) = (0..want_ids.len().max(r.tokens.len())).find(|&i| want_ids.get(i) != r.tokens.get(i))
+        else {
+            exact += 1;
+            continue;
+        };
+        // How sure llama.cpp was of its own choice there (top-1 minus top-2 logit).
+        let margin = want["margins"][at].as_f64().unwrap_or(f64::INFINITY);
+        report.push(format!(
+            "#{} diverges at token {at} (llama.cpp margin {margin:.3}): barge {:?} vs llama.cpp {}",
+            r.tag, r.text, want["greedy_text"]
+        ));
+        if margin >= CONFIDENT_MARGIN {
+            confident_misses.push(r.tag);
         }
     }
-    let share = matching as f64 / results.len() as f64;
+    let share = exact as f64 / results.len() as f64;
     eprintln!(
-        "greedy parity: {matching} of {} ({:.0} %)\n{}",
+        "greedy parity: {exact} of {} ({:.0} %) equal for 16 tokens\n{}",
         results.len(),
         share * 100.0,
         report.join("\n")
     );
+    // Barge's f32 GEMMs and llama.cpp's integer block dot products round differently, so a
+    // near-tie may go either way; a step where llama.cpp was sure and Barge differs is a bug.
     assert!(
-        share >= 0.9,
-        "only {matching} of {} prompts match llama.cpp's first 16 greedy tokens",
+        confident_misses.is_empty(),
+        "prompts {confident_misses:?} differ where llama.cpp's margin was at least {CONFIDENT_MARGIN}"
+    );
+    assert!(
+        share >= 0.6,
+        "only {exact} of {} prompts match llama.cpp's first 16 greedy tokens",
         results.len()
     );
 }
+
+/// A logit gap llama.cpp's own arithmetic variations do not bridge.
+const CONFIDENT_MARGIN: f64 = 0.5;
 
 #[test]
 fn a_request_gets_the_same_greedy_answer_alone_and_among_32_others() {
