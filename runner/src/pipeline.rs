@@ -63,7 +63,7 @@ pub struct RunConfig {
 
 enum Loaded {
     Embedding(models::EmbeddingModel),
-    Decoder(crate::decoder::DecoderModel),
+    Decoder(Box<crate::decoder::DecoderModel>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,7 +208,7 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
     let load_started = Instant::now();
     let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, ModelError> {
         if crate::decoder::is_decoder(&model_dir) {
-            Ok(Loaded::Decoder(crate::decoder::load(&model_dir, &device)?))
+            Ok(Loaded::Decoder(Box::new(crate::decoder::load(&model_dir, &device)?)))
         } else {
             Ok(Loaded::Embedding(models::load(&model_dir, &device)?))
         }
@@ -318,7 +318,7 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
                 max_line_bytes: cfg.max_line_bytes,
                 engine: cfg.generation.clone(),
             };
-            crate::generation::run(&stages, model, settings, reader, out, &mut cp, bar.as_ref()).await?
+            crate::generation::run(&stages, *model, settings, reader, out, &mut cp, bar.as_ref()).await?
         }
     };
     if let Some(bar) = &bar {

@@ -216,8 +216,8 @@ impl LlamaConfig {
     fn check(&self, path: &str) -> Result<(), ModelError> {
         if self.heads == 0
             || self.kv_heads == 0
-            || self.heads % self.kv_heads != 0
-            || self.head_dim % 2 != 0
+            || !self.heads.is_multiple_of(self.kv_heads)
+            || !self.head_dim.is_multiple_of(2)
             || self.vocab == 0
         {
             return Err(ModelError::BadFile {

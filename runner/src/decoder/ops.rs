@@ -366,7 +366,7 @@ mod tests {
     fn attention_case(window: Option<usize>) -> Result<()> {
         let (heads, kv_heads, d, len) = (4, 2, 8, 21);
         let width = (heads + 2 * kv_heads) * d;
-        let values: Vec<f32> = (0..len * width).map(|i| ((i * 31 % 97) as f32 / 40.0 - 1.2)).collect();
+        let values: Vec<f32> = (0..len * width).map(|i| (i * 31 % 97) as f32 / 40.0 - 1.2).collect();
         let rope = Rope::new(d, 64, 10000.0, true);
         let kv = Mutex::new(LayerKv {
             k: vec![0.0; 4 * BLOCK * kv_heads * d],

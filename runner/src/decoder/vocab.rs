@@ -30,7 +30,7 @@ enum Encoder {
     /// A Hugging Face tokenizer (`tokenizer.json`, or built from GGUF BPE metadata).
     Hf(Box<Tokenizer>),
     /// SentencePiece merges from GGUF metadata.
-    Spm(Spm),
+    Spm(Box<Spm>),
 }
 
 pub struct Vocab {
@@ -238,7 +238,7 @@ impl Vocab {
             bos_text: text(bos),
             eos_text: text(eos),
             chat_template: gguf.string("tokenizer.chat_template")?,
-            encoder: Encoder::Spm(Spm::new(&tokens, scores, &special, unknown, add_space_prefix)),
+            encoder: Encoder::Spm(Box::new(Spm::new(&tokens, scores, &special, unknown, add_space_prefix))),
         })
     }
 
