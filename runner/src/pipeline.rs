@@ -62,7 +62,7 @@ pub struct RunConfig {
 }
 
 enum Loaded {
-    Embedding(models::EmbeddingModel),
+    Embedding(Box<models::EmbeddingModel>),
     Decoder(Box<crate::decoder::DecoderModel>),
 }
 
@@ -210,7 +210,7 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
         if crate::decoder::is_decoder(&model_dir) {
             Ok(Loaded::Decoder(Box::new(crate::decoder::load(&model_dir, &device)?)))
         } else {
-            Ok(Loaded::Embedding(models::load(&model_dir, &device)?))
+            Ok(Loaded::Embedding(Box::new(models::load(&model_dir, &device)?)))
         }
     })
     .await

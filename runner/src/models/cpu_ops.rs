@@ -339,12 +339,15 @@ impl Linear {
     /// Makes each row's result independent of the other rows in the batch (decoders: a
     /// request's greedy answer must not depend on what it was batched with). Candle's own GEMM
     /// already is.
-    pub fn batch_invariant(mut self) -> Self {
-        #[cfg(feature = "openblas")]
-        if let Linear::Fused(op) = &mut self {
-            op.batch_invariant = true;
+    pub fn batch_invariant(self) -> Self {
+        match self {
+            #[cfg(feature = "openblas")]
+            Linear::Fused(mut op) => {
+                op.batch_invariant = true;
+                Linear::Fused(op)
+            }
+            other => other,
         }
-        self
     }
 
     /// Rows `ids` of the weight matrix, (ids, in): a tied embedding table looked up through
@@ -366,7 +369,7 @@ impl Linear {
             }
             Linear::Candle { weight, .. } => {
                 let ids = Tensor::from_slice(ids, ids.len(), weight.device())?;
-                weight.index_select(&ids, 0)
+                weight.index_select(&ids, 0)?.to_device(device)
             }
         }
     }
