@@ -85,7 +85,7 @@ pub struct RunArgs {
     pub shard: ShardId,
 
     /// Decoder models: sequences generating together (continuous batching).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_seqs: u32,
 
     /// Decoder models: tokens in one forward pass, prompt chunks included (long prompts are

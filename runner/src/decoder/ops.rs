@@ -47,9 +47,10 @@ impl ActQuant {
                     let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
                     let d = amax / 127.0;
                     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                    // ggml keeps the scale as f16; the integers come from the exact one.
+                    // ggml keeps the scale as f16; the integers come from the exact one, rounded half to even
+                    // as its SIMD quantizers do.
                     let d16 = half::f16::from_f32(d).to_f32();
-                    block.iter_mut().for_each(|v| *v = (*v * id).round() * d16);
+                    block.iter_mut().for_each(|v| *v = (*v * id).round_ties_even() * d16);
                 }
             }
             ActQuant::Q8K => {
@@ -61,7 +62,7 @@ impl ActQuant {
                     }
                     let iscale = -128.0 / max;
                     let d = 1.0 / iscale;
-                    block.iter_mut().for_each(|v| *v = (iscale * *v).round().min(127.0) * d);
+                    block.iter_mut().for_each(|v| *v = (iscale * *v).round_ties_even().min(127.0) * d);
                 }
             }
         }
