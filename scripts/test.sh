@@ -11,8 +11,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$BARGE_CACHE/target}"
 
 BARGE_MINILM_DIR="$(scripts/fetch-model.sh minilm)"
 BARGE_SMOLLM2_GGUF="$(scripts/fetch-model.sh smollm2)"
+BARGE_GEMMA3_GGUF="$(scripts/fetch-model.sh gemma3)"
 BARGE_MINIO="$(scripts/build-minio.sh)"
-export BARGE_MINILM_DIR BARGE_SMOLLM2_GGUF BARGE_MINIO
+export BARGE_MINILM_DIR BARGE_SMOLLM2_GGUF BARGE_GEMMA3_GGUF BARGE_MINIO
 tests/testbed/build-components.sh >/dev/null
 
 # Tests that load the model in-process (not through the runner binary, which does this itself)

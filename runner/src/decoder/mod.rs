@@ -108,3 +108,23 @@ pub fn load(path: &Path, device: &Device) -> Result<DecoderModel, ModelError> {
     };
     Ok(DecoderModel { decoder, vocab, template, architecture })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::gguf_file::{self, Value};
+
+    #[test]
+    fn an_unsupported_gguf_architecture_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("falcon.gguf");
+        let mut file = std::fs::File::create(&path).expect("create");
+        let arch = Value::String("falcon".into());
+        gguf_file::write(&mut file, &[("general.architecture", &arch)], &[]).expect("write a GGUF");
+        drop(file);
+        assert!(is_decoder(&path));
+        let err = load(&path, &Device::Cpu).err().expect("falcon is not served");
+        let msg = err.to_string();
+        assert!(msg.contains("`falcon`") && msg.contains("supported: llama, mistral, gemma3"), "{msg}");
+    }
+}

@@ -301,8 +301,11 @@ impl Gate {
         match self {
             Gate::Silu => g / (1.0 + (-g).exp()),
             Gate::GeluTanh => {
+                // ggml evaluates GELU from a table over f16 inputs with f16 results; GeGLU
+                // models come from GGUF files, so do the same to follow llama.cpp.
+                let g = f16_round(g);
                 let c = (2.0 / std::f32::consts::PI).sqrt();
-                0.5 * g * (1.0 + (c * (g + 0.044715 * g * g * g)).tanh())
+                f16_round(0.5 * g * (1.0 + (c * (g + 0.044715 * g * g * g)).tanh()))
             }
         }
     }
@@ -440,7 +443,8 @@ mod tests {
             [(Gate::Silu, (candle_nn::ops::silu(&g)? * &u)?), (Gate::GeluTanh, (g.gelu()? * &u)?)]
         {
             let diff = (gated(&x, gate)? - plain)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-            assert!(diff < 1e-5, "{gate:?}: {diff}");
+            // GeGLU rounds through f16 as ggml does: within f16's precision of the exact value.
+            assert!(diff < 5e-3, "{gate:?}: {diff}");
         }
         Ok(())
     }

@@ -74,9 +74,18 @@ fn an_openai_chat_job_writes_chat_completions_and_error_records() {
     assert_eq!(short["choices"][0]["message"]["role"], "assistant");
     assert_eq!(short["choices"][0]["finish_reason"], "length");
     assert_eq!(short["usage"]["completion_tokens"], 5, "max_tokens 5 gives exactly 5 tokens");
-    // SmolLM2's template adds its default system prompt: the prompt is far longer than the question.
+    // Usage counts the tokenizer's ids: the same question's prompt in the llama.cpp fixture
+    // (SmolLM2's template adds its default system prompt).
+    let fixture: Value = serde_json::from_slice(
+        &std::fs::read(repo_root().join("runner/tests/fixtures/smollm2_greedy.json")).expect("fixture"),
+    )
+    .expect("json");
+    let same = fixture["chats"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["messages"][0]["content"] == "What is the capital of France?"))
+        .expect("the fixture has the question");
     let prompt_tokens = short["usage"]["prompt_tokens"].as_u64().expect("usage");
-    assert!(prompt_tokens > 20, "{prompt_tokens}");
+    assert_eq!(Some(prompt_tokens as usize), same["prompt_ids"].as_array().map(Vec::len));
     assert_eq!(short["usage"]["total_tokens"].as_u64(), Some(prompt_tokens + 5));
     let free = &results["free"]["response"]["body"]["choices"][0];
     assert_eq!(free["finish_reason"], "stop");
@@ -200,5 +209,41 @@ fn a_killed_chat_job_resumes_with_every_request_exactly_once() {
         results
             .iter()
             .all(|r| r["response"]["body"]["usage"]["completion_tokens"].as_u64().is_some_and(|n| n > 0))
+    );
+}
+
+#[test]
+fn a_model_without_a_chat_template_refuses_chat_but_completes() {
+    let gguf = {
+        let out = std::process::Command::new(repo_root().join("scripts/fetch-model.sh"))
+            .arg("gemma3")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("runs fetch-model.sh");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    write_lines(
+        &input,
+        &[
+            chat_line("chat", "Hi", json!({"max_tokens": 4})),
+            json!({"custom_id": "text", "method": "POST", "url": "/v1/completions",
+                   "body": {"prompt": "Water boils at", "max_tokens": 4, "temperature": 0}})
+            .to_string(),
+        ],
+    );
+    let out = dir.path().join("out");
+    let (input, output) = (input.display().to_string(), out.display().to_string());
+    run_ok(&["run", "--model", &gguf, "--input", &input, "--output", &output]);
+    let results = read_jsonl(&out.join("results.jsonl"));
+    assert_eq!(custom_ids(&results), ["text"]);
+    assert_eq!(results[0]["response"]["body"]["usage"]["completion_tokens"], 4);
+    let errors = read_jsonl(&out.join("errors.jsonl"));
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        (errors[0]["custom_id"].as_str(), errors[0]["error"]["code"].as_str()),
+        (Some("chat"), Some("no_chat_template"))
     );
 }
