@@ -39,7 +39,9 @@ export BARGE_NODE_AGENT="$BIN/barge-node-agent"
 # offers 8 GPUs so the real scheduler places GPU pods.
 export BARGE_NODE_AGENT_ARGS="--image ghcr.io/barge-dev/barge-runner=$BIN/barge-runner --gpus 8 --cpu 64 --memory 256Gi"
 # A control plane that cannot start fails the run: `up` exits non-zero and says which part failed.
-eval "$(tests/testbed/up)"
+# Assigned first: `eval "$(up)"` alone would ignore a failed `up` and go on without a cluster.
+TESTBED_ENV="$(tests/testbed/up)"
+eval "$TESTBED_ENV"
 trap 'tests/testbed/down' EXIT
 kubectl apply --server-side -f crds/barge.dev_batchjobs.yaml >/dev/null
 kubectl wait --for=condition=Established crd/batchjobs.barge.dev --timeout=60s >/dev/null

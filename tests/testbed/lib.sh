@@ -62,8 +62,9 @@ start() {
   local pid=$!
   echo "$pid" >"$(pid_file "$name")"
   # Until the forked shell has exec'd, the pid carries no mark and would pass for dead (or not
-  # ours) to the checks that follow; wait the few milliseconds that takes.
-  for _ in $(seq 1 100); do
+  # ours) to the checks that follow; wait for that, usually milliseconds, but over a second on
+  # two cores busy starting the API server (a CI run once failed "exited during startup" so).
+  for _ in $(seq 1 1000); do
     if owned "$pid" || ! kill -0 "$pid" 2>/dev/null; then break; fi
     sleep 0.01
   done

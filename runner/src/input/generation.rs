@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use super::openai::{GENERATION_URLS, custom_id, kind};
+use super::openai::{GENERATION_URLS, check_method, custom_id, kind};
 use super::{ErrorCode, LineError};
 use crate::decoder::chat_template::ChatMessage;
 
@@ -132,21 +132,7 @@ fn openai(
             "the line is in the Anthropic format (`params`), but this job reads OpenAI lines",
         ));
     }
-    match obj.get("method") {
-        Some(Value::String(m)) if m.eq_ignore_ascii_case("POST") => {}
-        None => {
-            return Err(LineError::new(
-                ErrorCode::UnsupportedMethod,
-                "`method` is missing (expected \"POST\")",
-            ));
-        }
-        Some(other) => {
-            return Err(LineError::new(
-                ErrorCode::UnsupportedMethod,
-                format!("`method` is {other}; only \"POST\" is supported"),
-            ));
-        }
-    }
+    check_method(obj)?;
     let endpoint = match obj.get("url").and_then(Value::as_str) {
         Some(CHAT_URL) => Endpoint::ChatCompletions,
         Some(COMPLETIONS_URL) => Endpoint::Completions,

@@ -68,22 +68,20 @@ pub(crate) fn custom_id(value: Option<&Value>) -> Result<String, LineError> {
 
 type Parsed = (Vec<EmbeddingInput>, EncodingFormat, Option<u64>);
 
-fn request(obj: &mut Map<String, Value>, defaults: &Map<String, Value>) -> Result<Parsed, LineError> {
+/// The batch format's `method`, which must be POST.
+pub(crate) fn check_method(obj: &Map<String, Value>) -> Result<(), LineError> {
     match obj.get("method") {
-        Some(Value::String(m)) if m.eq_ignore_ascii_case("POST") => {}
-        None => {
-            return Err(LineError::new(
-                ErrorCode::UnsupportedMethod,
-                "`method` is missing (expected \"POST\")",
-            ));
-        }
-        Some(other) => {
-            return Err(LineError::new(
-                ErrorCode::UnsupportedMethod,
-                format!("`method` is {other}; only \"POST\" is supported"),
-            ));
-        }
+        Some(Value::String(m)) if m.eq_ignore_ascii_case("POST") => Ok(()),
+        None => Err(LineError::new(ErrorCode::UnsupportedMethod, "`method` is missing (expected \"POST\")")),
+        Some(other) => Err(LineError::new(
+            ErrorCode::UnsupportedMethod,
+            format!("`method` is {other}; only \"POST\" is supported"),
+        )),
     }
+}
+
+fn request(obj: &mut Map<String, Value>, defaults: &Map<String, Value>) -> Result<Parsed, LineError> {
+    check_method(obj)?;
     match obj.get("url").and_then(Value::as_str) {
         Some(EMBEDDINGS_URL) => {}
         Some(url) if GENERATION_URLS.contains(&url) => {
