@@ -91,13 +91,7 @@ impl Prep {
             let number = line.number;
             let parsed = match line.body {
                 LineBody::Blank => continue,
-                LineBody::TooLong { len } => Err(LineError::new(
-                    ErrorCode::LineTooLong,
-                    format!(
-                        "the line is {len} bytes; the limit is {} (--max-line-bytes)",
-                        self.max_line_bytes
-                    ),
-                )),
+                LineBody::TooLong { len } => Err(crate::input::line_too_long(len, self.max_line_bytes)),
                 LineBody::Text(bytes) => generation::parse_line(&bytes, self.format, &self.defaults),
             };
             let item = match parsed.and_then(|req| self.request(req)) {

@@ -150,7 +150,8 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
         .await?
         .ok_or_else(|| RunError::InputMissing { uri: cfg.input.to_string() })?;
     let resolved = model_source::resolve(&cfg.model, &stores.s3, &cfg.cache_dir).await?;
-    let format = if crate::decoder::is_decoder(&resolved.dir) {
+    let decoder = crate::decoder::is_decoder(&resolved.dir);
+    let format = if decoder {
         Some(match cfg.format {
             Some(f) => f,
             None => crate::generation::detect_format(stores.input.as_ref(), &stores.input_key).await?,
@@ -207,7 +208,7 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
     let model_dir = resolved.dir.clone();
     let load_started = Instant::now();
     let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, ModelError> {
-        if crate::decoder::is_decoder(&model_dir) {
+        if decoder {
             Ok(Loaded::Decoder(Box::new(crate::decoder::load(&model_dir, &device)?)))
         } else {
             Ok(Loaded::Embedding(Box::new(models::load(&model_dir, &device)?)))
@@ -468,13 +469,7 @@ impl PrepareCtx {
             let number = line.number;
             let parsed = match line.body {
                 LineBody::Blank => continue,
-                LineBody::TooLong { len } => Err(LineError::new(
-                    ErrorCode::LineTooLong,
-                    format!(
-                        "the line is {len} bytes; the limit is {} (--max-line-bytes)",
-                        self.max_line_bytes
-                    ),
-                )),
+                LineBody::TooLong { len } => Err(crate::input::line_too_long(len, self.max_line_bytes)),
                 LineBody::Text(bytes) => parse_line(&bytes, &self.defaults),
             };
             let req = match parsed {

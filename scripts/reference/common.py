@@ -12,13 +12,31 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "runner" / "tests" / "fixtures"
 
 
-def model_path(arg=None):
-    """The SmolLM2 GGUF: the given path, else what `scripts/fetch-model.sh smollm2` prints."""
+def model_path(arg=None, name="smollm2"):
+    """The GGUF: the given path, else what `scripts/fetch-model.sh NAME` prints."""
     if arg:
         return str(arg)
-    out = subprocess.run([str(ROOT / "scripts" / "fetch-model.sh"), "smollm2"],
+    out = subprocess.run([str(ROOT / "scripts" / "fetch-model.sh"), name],
                          check=True, capture_output=True, text=True)
     return out.stdout.strip()
+
+
+def greedy(llm, ids, n_gen, eos):
+    """Eval ids from an empty context, then n_gen argmax steps (stop at eos). Returns the ids
+    and each step's top-1 minus top-2 logit margin."""
+    llm.reset()
+    llm.eval(ids)
+    out, margins = [], []
+    for _ in range(n_gen):
+        logits = last_logits(llm)
+        top2 = np.argsort(logits)[::-1][:2]
+        tok = int(np.argmax(logits))
+        out.append(tok)
+        margins.append(round(float(logits[top2[0]] - logits[top2[1]]), 4))
+        if tok == eos:
+            break
+        llm.eval([tok])
+    return out, margins
 
 
 def render_chat(llm, messages, add_generation_prompt=True):

@@ -18,15 +18,13 @@ test may tolerate near-ties.  Runs on CPU with n_threads=2, n_batch=512 (flash
 attention off, f16 KV cache): the prompt is one batch, then one token per step.
 """
 import os
-import subprocess
 import sys
 
 # Before llama_cpp loads libgomp: spin-waiting OpenMP threads slow ~10x on a
 # busy machine (results are the same either way).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import llama_cpp  # noqa: E402
-import numpy as np  # noqa: E402
-from common import FIXTURES, ROOT, last_logits, write_fixture  # noqa: E402
+from common import FIXTURES, greedy, model_path, write_fixture  # noqa: E402
 
 N_GEN = 16
 EOS = 1
@@ -83,32 +81,6 @@ COMPLETIONS = [
 ]
 
 
-def gemma3_path(arg=None):
-    """The given path, else what `scripts/fetch-model.sh gemma3` prints."""
-    if arg:
-        return str(arg)
-    out = subprocess.run([str(ROOT / "scripts" / "fetch-model.sh"), "gemma3"],
-                         check=True, capture_output=True, text=True)
-    return out.stdout.strip()
-
-
-def greedy(llm, ids):
-    """Eval ids from an empty context, then N_GEN argmax steps (stop at EOS)."""
-    llm.reset()
-    llm.eval(ids)
-    out, margins = [], []
-    for _ in range(N_GEN):
-        logits = last_logits(llm)
-        top2 = np.argsort(logits)[::-1][:2]
-        tok = int(np.argmax(logits))
-        out.append(tok)
-        margins.append(round(float(logits[top2[0]] - logits[top2[1]]), 4))
-        if tok == EOS:
-            break
-        llm.eval([tok])
-    return out, margins
-
-
 def detok(llm, ids):
     return llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
 
@@ -129,7 +101,7 @@ def tokenizer_cases(gguf):
 
 def completion(llm, prompt):
     ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
-    gen, margins = greedy(llm, ids)
+    gen, margins = greedy(llm, ids, N_GEN, EOS)
     return {
         "prompt": prompt,
         "prompt_ids": ids,
@@ -142,7 +114,7 @@ def completion(llm, prompt):
 
 
 def main():
-    gguf = gemma3_path(sys.argv[1] if len(sys.argv) > 1 else None)
+    gguf = model_path(sys.argv[1] if len(sys.argv) > 1 else None, "gemma3")
     out = sys.argv[2] if len(sys.argv) > 2 else FIXTURES / "gemma3.json"
     cases = tokenizer_cases(gguf)
     llm = llama_cpp.Llama(model_path=gguf, n_ctx=2048, n_threads=2, n_batch=512, seed=0,

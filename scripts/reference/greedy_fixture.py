@@ -21,8 +21,7 @@ import sys
 # busy machine (results are the same either way).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import llama_cpp  # noqa: E402
-import numpy as np  # noqa: E402
-from common import FIXTURES, last_logits, model_path, render_chat, write_fixture  # noqa: E402
+from common import FIXTURES, greedy, model_path, render_chat, write_fixture  # noqa: E402
 
 N_GEN = 16
 EOS = 2
@@ -61,26 +60,9 @@ COMPLETIONS = [
 ]
 
 
-def greedy(llm, ids):
-    """Eval ids from an empty context, then N_GEN argmax steps (stop at EOS)."""
-    llm.reset()
-    llm.eval(ids)
-    out, margins = [], []
-    for _ in range(N_GEN):
-        logits = last_logits(llm)
-        top2 = np.argsort(logits)[::-1][:2]
-        tok = int(np.argmax(logits))
-        out.append(tok)
-        margins.append(round(float(logits[top2[0]] - logits[top2[1]]), 4))
-        if tok == EOS:
-            break
-        llm.eval([tok])
-    return out, margins
-
-
 def run(llm, prompt):
     ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
-    gen, margins = greedy(llm, ids)
+    gen, margins = greedy(llm, ids, N_GEN, EOS)
     text = lambda ts: llm.detokenize(ts, special=True).decode("utf-8", errors="replace")
     return {
         "prompt": prompt,

@@ -69,9 +69,11 @@ pub struct EngineStats {
 }
 
 struct Seq {
+    /// The request, its prompt moved into `tokens`.
     req: GenRequest,
     /// Prompt, then generated tokens.
     tokens: Vec<u32>,
+    prompt_len: usize,
     /// Tokens whose keys and values are in the cache.
     computed: usize,
     blocks: Vec<u32>,
@@ -137,10 +139,12 @@ impl Engine {
 
     /// Queues a request. The caller has checked that prompt plus `max_tokens` fit the context
     /// and the cache.
-    pub fn add(&mut self, req: GenRequest) {
+    pub fn add(&mut self, mut req: GenRequest) {
         let sampler = Sampler::new(req.sampling.clone());
+        let tokens = std::mem::take(&mut req.prompt);
         self.waiting.push_back(Seq {
-            tokens: req.prompt.clone(),
+            prompt_len: tokens.len(),
+            tokens,
             req,
             computed: 0,
             blocks: Vec::new(),
@@ -212,12 +216,12 @@ impl Engine {
         for (i, finish) in finished {
             let mut seq = self.running.remove(i);
             self.cache.release(&mut seq.blocks);
-            let generated = seq.tokens.split_off(seq.req.prompt.len());
+            let generated = seq.tokens.split_off(seq.prompt_len);
             results.push(GenResult {
                 tag: seq.req.tag,
                 tokens: generated,
                 text: String::from_utf8_lossy(&seq.text).into_owned(),
-                prompt_tokens: seq.req.prompt.len(),
+                prompt_tokens: seq.prompt_len,
                 completion_tokens: seq.generated,
                 finish,
             });

@@ -83,47 +83,41 @@ impl Gguf {
         }
     }
 
-    pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>, ModelError> {
+    /// The array `key`, each item converted by `item` (`None` names the item `what` is not).
+    fn array<T>(
+        &self,
+        key: &str,
+        what: &str,
+        item: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Option<Vec<T>>, ModelError> {
         match self.value(key) {
             None => Ok(None),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| match v {
-                    Value::String(s) => Ok(s.clone()),
-                    _ => Err(self.bad(format!("{key} holds a non-string"))),
-                })
+                .map(|v| item(v).ok_or_else(|| self.bad(format!("{key} holds a non-{what}"))))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),
             Some(_) => Err(self.bad(format!("{key} is not an array"))),
         }
+    }
+
+    pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>, ModelError> {
+        self.array(key, "string", |v| match v {
+            Value::String(s) => Some(s.clone()),
+            _ => None,
+        })
     }
 
     pub fn floats(&self, key: &str) -> Result<Option<Vec<f32>>, ModelError> {
-        match self.value(key) {
-            None => Ok(None),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| match v {
-                    Value::F32(x) => Ok(*x),
-                    Value::F64(x) => Ok(*x as f32),
-                    _ => Err(self.bad(format!("{key} holds a non-float"))),
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some),
-            Some(_) => Err(self.bad(format!("{key} is not an array"))),
-        }
+        self.array(key, "float", |v| match v {
+            Value::F32(x) => Some(*x),
+            Value::F64(x) => Some(*x as f32),
+            _ => None,
+        })
     }
 
     pub fn integers(&self, key: &str) -> Result<Option<Vec<i64>>, ModelError> {
-        match self.value(key) {
-            None => Ok(None),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| as_i64(v).ok_or_else(|| self.bad(format!("{key} holds a non-integer"))))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some),
-            Some(_) => Err(self.bad(format!("{key} is not an array"))),
-        }
+        self.array(key, "integer", as_i64)
     }
 
     /// The storage type of tensor `name` (F32 when absent).

@@ -168,27 +168,7 @@ impl Vocab {
                 _ => byte_level_bytes(t, &unicode_to_byte),
             })
             .collect();
-        let id = |key: &str| -> Result<Option<u32>, ModelError> {
-            Ok(gguf.usize(key)?.and_then(|v| u32::try_from(v).ok()).filter(|&v| (v as usize) < tokens.len()))
-        };
-        let (bos, eos, eot) = (
-            id("tokenizer.ggml.bos_token_id")?,
-            id("tokenizer.ggml.eos_token_id")?,
-            id("tokenizer.ggml.eot_token_id")?,
-        );
-        let control: Vec<bool> = types.iter().map(|&t| t == TYPE_CONTROL).collect();
-        let text = |id: Option<u32>| id.map(|i| tokens[i as usize].clone()).unwrap_or_default();
-        Ok(Vocab {
-            stop_ids: stop_ids(&tokens, &control, [eos, eot]),
-            pieces,
-            bos,
-            eos,
-            add_bos: gguf.bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false),
-            bos_text: text(bos),
-            eos_text: text(eos),
-            chat_template: gguf.string("tokenizer.chat_template")?,
-            encoder: Encoder::Hf(Box::new(tokenizer)),
-        })
+        Self::from_gguf_parts(gguf, &tokens, &types, pieces, false, Encoder::Hf(Box::new(tokenizer)))
     }
 
     /// A SentencePiece vocabulary (`tokenizer.ggml.model` = `llama`): tokens with scores.
@@ -217,28 +197,39 @@ impl Vocab {
             .zip(&types)
             .map(|(t, &ty)| if ty == TYPE_CONTROL { Vec::new() } else { sentencepiece_bytes(t) })
             .collect();
-        let id = |key: &str| -> Result<Option<u32>, ModelError> {
-            Ok(gguf.usize(key)?.and_then(|v| u32::try_from(v).ok()).filter(|&v| (v as usize) < tokens.len()))
-        };
+        let unknown = gguf_token_id(gguf, "tokenizer.ggml.unknown_token_id", tokens.len())?;
+        let add_space_prefix = gguf.bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
+        let spm = Spm::new(&tokens, scores, &special, unknown, add_space_prefix);
+        Self::from_gguf_parts(gguf, &tokens, &types, pieces, true, Encoder::Spm(Box::new(spm)))
+    }
+
+    /// What both GGUF vocabularies read alike: special ids, BOS policy, chat template.
+    fn from_gguf_parts(
+        gguf: &Gguf,
+        tokens: &[String],
+        types: &[i64],
+        pieces: Vec<Vec<u8>>,
+        add_bos_default: bool,
+        encoder: Encoder,
+    ) -> Result<Self, ModelError> {
+        let id = |key: &str| gguf_token_id(gguf, key, tokens.len());
         let (bos, eos, eot) = (
             id("tokenizer.ggml.bos_token_id")?,
             id("tokenizer.ggml.eos_token_id")?,
             id("tokenizer.ggml.eot_token_id")?,
         );
-        let unknown = id("tokenizer.ggml.unknown_token_id")?;
         let control: Vec<bool> = types.iter().map(|&t| t == TYPE_CONTROL).collect();
         let text = |id: Option<u32>| id.map(|i| tokens[i as usize].clone()).unwrap_or_default();
-        let add_space_prefix = gguf.bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
         Ok(Vocab {
-            stop_ids: stop_ids(&tokens, &control, [eos, eot]),
+            stop_ids: stop_ids(tokens, &control, [eos, eot]),
             pieces,
             bos,
             eos,
-            add_bos: gguf.bool("tokenizer.ggml.add_bos_token")?.unwrap_or(true),
+            add_bos: gguf.bool("tokenizer.ggml.add_bos_token")?.unwrap_or(add_bos_default),
             bos_text: text(bos),
             eos_text: text(eos),
             chat_template: gguf.string("tokenizer.chat_template")?,
-            encoder: Encoder::Spm(Box::new(Spm::new(&tokens, scores, &special, unknown, add_space_prefix))),
+            encoder,
         })
     }
 
@@ -316,6 +307,11 @@ impl Vocab {
             encoder: Encoder::Hf(Box::new(tokenizer)),
         })
     }
+}
+
+/// A token id from GGUF metadata, `None` when absent or outside the vocabulary.
+fn gguf_token_id(gguf: &Gguf, key: &str, vocab: usize) -> Result<Option<u32>, ModelError> {
+    Ok(gguf.usize(key)?.and_then(|v| u32::try_from(v).ok()).filter(|&v| (v as usize) < vocab))
 }
 
 fn stop_ids(tokens: &[String], control: &[bool], named: [Option<u32>; 2]) -> Vec<u32> {

@@ -85,6 +85,14 @@ impl LineError {
     }
 }
 
+/// The error of a line longer than `--max-line-bytes`.
+pub fn line_too_long(len: u64, limit: usize) -> LineError {
+    LineError::new(
+        ErrorCode::LineTooLong,
+        format!("the line is {len} bytes; the limit is {limit} (--max-line-bytes)"),
+    )
+}
+
 /// The byte range `[start, end)` in which shard `shard` owns every line that *starts* there.
 /// Ranges of all shards tile the file, so each line belongs to exactly one shard.
 pub fn shard_range(size: u64, shard: ShardId) -> (u64, u64) {

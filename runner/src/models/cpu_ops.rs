@@ -111,8 +111,13 @@ impl CustomOp1 for FusedLinear {
             // to whole tiles and splitting the weights by columns keeps every row's arithmetic
             // the same in any batch, and each weight is packed once per step.
             let padded = rows.div_ceil(TILE_ROWS) * TILE_ROWS;
-            let mut xp = x.to_vec();
-            xp.resize(padded * in_dim, 0.0);
+            let xp: std::borrow::Cow<[f32]> = if padded == rows {
+                x.into()
+            } else {
+                let mut v = x.to_vec();
+                v.resize(padded * in_dim, 0.0);
+                v.into()
+            };
             let cols = out_dim.div_ceil(threads).div_ceil(16) * 16;
             let parts: Vec<(usize, Vec<f32>)> = (0..out_dim)
                 .step_by(cols)

@@ -1,30 +1,13 @@
 //! Chat and completion jobs through the binary on the real SmolLM2 GGUF: OpenAI and Anthropic
 //! shapes, error records, and a killed chat job resumed exactly once.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::common::*;
-
-fn smollm2() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| match std::env::var_os("BARGE_SMOLLM2_GGUF") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let out = std::process::Command::new(repo_root().join("scripts/fetch-model.sh"))
-                .arg("smollm2")
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("runs fetch-model.sh");
-            assert!(out.status.success());
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-        }
-    })
-}
 
 fn chat_line(id: &str, user: &str, extra: Value) -> String {
     let mut body =
@@ -214,15 +197,7 @@ fn a_killed_chat_job_resumes_with_every_request_exactly_once() {
 
 #[test]
 fn a_model_without_a_chat_template_refuses_chat_but_completes() {
-    let gguf = {
-        let out = std::process::Command::new(repo_root().join("scripts/fetch-model.sh"))
-            .arg("gemma3")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("runs fetch-model.sh");
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let gguf = gemma3().display().to_string();
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("in.jsonl");
     write_lines(

@@ -32,6 +32,24 @@ pub fn minilm() -> &'static Path {
     })
 }
 
+/// The SmolLM2 GGUF (`BARGE_SMOLLM2_GGUF`, else fetched into the cache).
+pub fn smollm2() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| match std::env::var_os("BARGE_SMOLLM2_GGUF") {
+        Some(p) => PathBuf::from(p),
+        None => script_path("fetch-model.sh", &["smollm2"]),
+    })
+}
+
+/// The Gemma 3 GGUF (`BARGE_GEMMA3_GGUF`, else fetched into the cache).
+pub fn gemma3() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| match std::env::var_os("BARGE_GEMMA3_GGUF") {
+        Some(p) => PathBuf::from(p),
+        None => script_path("fetch-model.sh", &["gemma3"]),
+    })
+}
+
 pub fn runner() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_barge-runner"));
     cmd.env("BARGE_LOG_FORMAT", "json").env("RUST_LOG", "info").env_remove("AWS_ENDPOINT_URL");
