@@ -53,6 +53,15 @@ pub enum InputFormat {
     Anthropic,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KernelChoice {
+    /// llama.cpp's block kernels on the GGUF's own 4/5/8-bit blocks (its arithmetic exactly;
+    /// k-quant tensors run as f32).
+    Quantized,
+    /// Weights dequantized once to f32, multiplied with large GEMMs.
+    F32,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The model: an embedding encoder folder (config.json, model.safetensors, tokenizer.json,
@@ -92,6 +101,10 @@ pub struct RunArgs {
     /// read in chunks of this size).
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub step_tokens: u32,
+
+    /// Decoder models: how quantized GGUF weights are multiplied (see docs/generation.md).
+    #[arg(long, value_enum, default_value_t = KernelChoice::Quantized)]
+    pub kernels: KernelChoice,
 
     /// Decoder models: memory for the KV cache, in MiB. Requests wait for room rather than
     /// exceed it.

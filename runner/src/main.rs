@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use barge_api::{Counts, Outcome, TerminationMessage};
-use barge_runner::cli::{Cli, Command, FinalizeArgs, InputFormat, LogFormat, RunArgs};
+use barge_runner::cli::{Cli, Command, FinalizeArgs, InputFormat, KernelChoice, LogFormat, RunArgs};
+use barge_runner::decoder::Kernels;
 use barge_runner::decoder::engine::EngineConfig;
 use barge_runner::input::generation::Format;
 use barge_runner::output::finalize;
@@ -161,6 +162,10 @@ async fn run(args: RunArgs, bar: bool) -> ExitCode {
             max_seqs: args.max_seqs as usize,
             step_tokens: args.step_tokens as usize,
             kv_cache_mib: args.kv_cache_mib as usize,
+        },
+        kernels: match args.kernels {
+            KernelChoice::Quantized => Kernels::Quantized,
+            KernelChoice::F32 => Kernels::F32,
         },
     };
     let stop = Stop::default();

@@ -59,6 +59,8 @@ pub struct RunConfig {
     pub format: Option<Format>,
     /// Continuous batching and memory settings for decoder models.
     pub generation: EngineConfig,
+    /// How decoder models multiply quantized GGUF weights.
+    pub kernels: crate::decoder::Kernels,
 }
 
 enum Loaded {
@@ -206,10 +208,11 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
 
     let device = models::device();
     let model_dir = resolved.dir.clone();
+    let kernels = cfg.kernels;
     let load_started = Instant::now();
     let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, ModelError> {
         if decoder {
-            Ok(Loaded::Decoder(Box::new(crate::decoder::load(&model_dir, &device)?)))
+            Ok(Loaded::Decoder(Box::new(crate::decoder::load(&model_dir, &device, kernels)?)))
         } else {
             Ok(Loaded::Embedding(Box::new(models::load(&model_dir, &device)?)))
         }

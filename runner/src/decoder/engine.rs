@@ -170,7 +170,12 @@ impl Engine {
             );
         }
         let mut tokens = Vec::new();
-        let mut layout = StepLayout { positions: Vec::new(), seq_of_token: Vec::new(), tables: Vec::new() };
+        let mut layout = StepLayout {
+            positions: Vec::new(),
+            seq_of_token: Vec::new(),
+            tables: Vec::new(),
+            prompt_lens: Vec::new(),
+        };
         let mut logit_rows = Vec::new();
         let mut sampled = Vec::new();
         for (slot, &(i, chunk)) in plan.iter().enumerate() {
@@ -181,6 +186,7 @@ impl Engine {
                 layout.seq_of_token.push(slot);
             }
             layout.tables.push(seq.blocks.clone());
+            layout.prompt_lens.push(seq.prompt_len);
             if seq.computed + chunk == seq.tokens.len() {
                 logit_rows.push(tokens.len() - 1);
                 sampled.push(i);

@@ -1,6 +1,5 @@
-//! GGUF files: typed access to the metadata the decoder needs and the tensors, dequantized to
-//! f32 once at load (for a model this small, large f32 GEMMs beat quantized kernels once
-//! sequences are batched; see docs/benchmarks.md).
+//! GGUF files: typed access to the metadata the decoder needs, and the tensors either in their
+//! own blocks (for the quantized kernels) or dequantized to f32 (for f32 GEMMs).
 
 use std::fs::File;
 use std::io::BufReader;
@@ -9,6 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor};
 
+use super::quant::{self, QMatrix};
 use crate::models::ModelError;
 
 pub struct Gguf {
@@ -127,6 +127,25 @@ impl Gguf {
 
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Tensor `name` (a Linear weight, (out, in)) in its own blocks for the quantized kernels;
+    /// `None` when its format is not one they run.
+    pub fn blocks(&mut self, name: &str) -> Result<Option<QMatrix>, ModelError> {
+        let dtype = self.tensor_type(name);
+        if !quant::supports(dtype) {
+            return Ok(None);
+        }
+        let weights =
+            |source| ModelError::Weights { path: format!("{}:{name}", self.path.display()), source };
+        let q = self.content.tensor(&mut self.reader, name, &Device::Cpu).map_err(weights)?;
+        let [rows, cols] = *q.shape().dims() else {
+            return Ok(None);
+        };
+        let data = q.data().map_err(weights)?;
+        QMatrix::from_blocks(dtype, rows, cols, &data).map(Some).ok_or_else(|| {
+            self.bad(format!("tensor {name} ({rows}x{cols}, {dtype:?}) has a size its format cannot have"))
+        })
     }
 
     /// The tensor `name` in f32 on the CPU, shaped as candle orders GGUF dimensions:

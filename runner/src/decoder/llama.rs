@@ -9,10 +9,11 @@ use candle_core::{DType, Device, Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use super::Decoder;
 use super::gguf::Gguf;
 use super::kv_cache::KvCache;
-use super::ops::{ActQuant, Gate, PagedAttention, Rope, StepLayout, gated, round_activations};
+use super::ops::{ActQuant, Gate, PagedAttention, Rope, StepLayout, gated, rms_norm, round_activations};
+use super::quant::{QMatMul, QMatrix};
+use super::{Decoder, Kernels};
 use crate::models::ModelError;
 use crate::models::cpu_ops::Linear;
 
@@ -53,15 +54,29 @@ struct Layer {
     post_ffn_norm: Option<Tensor>,
     /// A sliding-window layer (Gemma 3).
     window: Option<usize>,
-    /// Activation rounding before qkv, out, gate_up and down.
-    quant: [ActQuant; 4],
-    /// Q, K and V in one GEMM.
-    qkv: Linear,
-    out: Linear,
+    /// Q, K and V in one product.
+    qkv: Proj,
+    out: Proj,
     ffn_norm: Tensor,
-    /// Gate and up in one GEMM.
-    gate_up: Linear,
-    down: Linear,
+    /// Gate and up in one product.
+    gate_up: Proj,
+    down: Proj,
+}
+
+/// A projection: ggml's block kernels on the file's own blocks, or an f32 GEMM over weights
+/// dequantized once, its activations rounded as llama.cpp's would be for that weight type.
+enum Proj {
+    Blocks(QMatrix),
+    Dense(Linear, ActQuant),
+}
+
+impl Proj {
+    fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
+        match self {
+            Proj::Blocks(m) => x.contiguous()?.apply_op1_no_bwd(&QMatMul(m)),
+            Proj::Dense(linear, quant) => linear.forward(&round_activations(x, *quant)?),
+        }
+    }
 }
 
 pub struct Llama {
@@ -69,13 +84,12 @@ pub struct Llama {
     device: Device,
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head: Linear,
+    lm_head: Proj,
     /// Only when the input embeddings are not tied to `lm_head`.
     embed: Option<Linear>,
     rope: Rope,
     /// Gemma 3's sliding-window layers rotate with their own base.
     rope_local: Option<Rope>,
-    head_quant: ActQuant,
     /// GGUF models: keys and values rounded to f16 as in llama.cpp's cache.
     f16_cache: bool,
 }
@@ -86,6 +100,8 @@ trait Weights {
     fn has(&self, name: &str) -> bool;
     /// How llama.cpp would round the activations multiplied by this weight.
     fn act_quant(&self, name: &str) -> ActQuant;
+    /// The weight in its own blocks, when the quantized kernels run its format.
+    fn blocks(&mut self, name: &str) -> Result<Option<QMatrix>, ModelError>;
 }
 
 impl Weights for Gguf {
@@ -97,6 +113,9 @@ impl Weights for Gguf {
     }
     fn act_quant(&self, name: &str) -> ActQuant {
         ActQuant::for_weight(self.tensor_type(name))
+    }
+    fn blocks(&mut self, name: &str) -> Result<Option<QMatrix>, ModelError> {
+        Gguf::blocks(self, name)
     }
 }
 
@@ -147,6 +166,9 @@ impl Weights for Safetensors<'_> {
     }
     fn act_quant(&self, _: &str) -> ActQuant {
         ActQuant::None
+    }
+    fn blocks(&mut self, _: &str) -> Result<Option<QMatrix>, ModelError> {
+        Ok(None)
     }
 }
 
@@ -237,9 +259,9 @@ impl LlamaConfig {
 }
 
 impl Llama {
-    pub fn from_gguf(g: &mut Gguf, device: &Device) -> Result<Self, ModelError> {
+    pub fn from_gguf(g: &mut Gguf, device: &Device, kernels: Kernels) -> Result<Self, ModelError> {
         let cfg = LlamaConfig::from_gguf(g)?;
-        Self::load(cfg, g, device)
+        Self::load(cfg, g, device, kernels)
     }
 
     /// A Hugging Face folder: `config.json` and `*.safetensors`. Returns the BOS and EOS ids
@@ -285,10 +307,15 @@ impl Llama {
             }
             _ => None,
         };
-        Ok((Self::load(cfg, &mut weights, device)?, hf.bos_token_id, eos))
+        Ok((Self::load(cfg, &mut weights, device, Kernels::F32)?, hf.bos_token_id, eos))
     }
 
-    fn load(cfg: LlamaConfig, w: &mut dyn Weights, device: &Device) -> Result<Self, ModelError> {
+    fn load(
+        cfg: LlamaConfig,
+        w: &mut dyn Weights,
+        device: &Device,
+        kernels: Kernels,
+    ) -> Result<Self, ModelError> {
         let on = |t: Tensor| -> Result<Tensor, ModelError> {
             t.to_device(device).map_err(|source| ModelError::Weights { path: "device".into(), source })
         };
@@ -300,14 +327,34 @@ impl Llama {
         let cat = |parts: &[Tensor]| -> Result<Tensor, ModelError> {
             Tensor::cat(parts, 0).map_err(|source| ModelError::Weights { path: "concat".into(), source })
         };
+        // The block kernels run on the CPU; elsewhere (and for formats they do not run) the
+        // weights are dequantized for the device's GEMMs.
+        let blocks = kernels == Kernels::Quantized && device.is_cpu();
+        let proj = |w: &mut dyn Weights, names: &[String]| -> Result<Proj, ModelError> {
+            if blocks {
+                let mut parts = Vec::with_capacity(names.len());
+                for n in names {
+                    match w.blocks(n)? {
+                        Some(m) => parts.push(m),
+                        None => break,
+                    }
+                }
+                if parts.len() == names.len()
+                    && let Some(m) = QMatrix::concat(&parts)
+                {
+                    return Ok(Proj::Blocks(m));
+                }
+            }
+            let tensors = names.iter().map(|n| w.get(n)).collect::<Result<Vec<_>, _>>()?;
+            let weight = if tensors.len() == 1 { tensors[0].clone() } else { cat(&tensors)? };
+            Ok(Proj::Dense(linear(weight)?, w.act_quant(&names[0])))
+        };
         let vec = |t: Tensor| -> Result<Vec<f32>, ModelError> {
             t.to_vec1::<f32>().map_err(|source| ModelError::Weights { path: "norm".into(), source })
         };
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let name = |n: &str| format!("blk.{i}.{n}.weight");
-            let (q, k, v) = (w.get(&name("attn_q"))?, w.get(&name("attn_k"))?, w.get(&name("attn_v"))?);
-            let (gate, up) = (w.get(&name("ffn_gate"))?, w.get(&name("ffn_up"))?);
             let gemma = cfg.gemma.as_ref();
             let optional = |w: &mut dyn Weights, n: &str| -> Result<Option<Tensor>, ModelError> {
                 if gemma.is_some() && w.has(&name(n)) { Ok(Some(on(w.get(&name(n))?)?)) } else { Ok(None) }
@@ -317,56 +364,34 @@ impl Llama {
                 _ => None,
             };
             let window = gemma.filter(|g| (i + 1) % g.pattern != 0).map(|g| g.sliding_window);
-            let quant = [
-                w.act_quant(&name("attn_q")),
-                w.act_quant(&name("attn_output")),
-                w.act_quant(&name("ffn_gate")),
-                w.act_quant(&name("ffn_down")),
-            ];
             let post_attn_norm = optional(w, "post_attention_norm")?;
             let post_ffn_norm = optional(w, "post_ffw_norm")?;
-            let mut get = |n: &str| w.get(&name(n));
             layers.push(Layer {
                 qk_norm,
                 post_attn_norm,
                 post_ffn_norm,
                 window,
-                quant,
-                attn_norm: on(get("attn_norm")?)?,
-                qkv: linear(cat(&[q, k, v])?)?,
-                out: linear(get("attn_output")?)?,
-                ffn_norm: on(get("ffn_norm")?)?,
-                gate_up: linear(cat(&[gate, up])?)?,
-                down: linear(get("ffn_down")?)?,
+                attn_norm: on(w.get(&name("attn_norm"))?)?,
+                qkv: proj(w, &[name("attn_q"), name("attn_k"), name("attn_v")])?,
+                out: proj(w, &[name("attn_output")])?,
+                ffn_norm: on(w.get(&name("ffn_norm"))?)?,
+                gate_up: proj(w, &[name("ffn_gate"), name("ffn_up")])?,
+                down: proj(w, &[name("ffn_down")])?,
             });
         }
         let norm = on(w.get("output_norm.weight")?)?;
-        let head_quant =
-            w.act_quant(if w.has("output.weight") { "output.weight" } else { "token_embd.weight" });
-        let f16_cache = head_quant != ActQuant::None;
-        let embed_table = w.get("token_embd.weight")?;
+        let f16_cache = w.act_quant("token_embd.weight") != ActQuant::None;
         let (lm_head, embed) = if w.has("output.weight") {
-            (linear(w.get("output.weight")?)?, Some(linear(embed_table)?))
+            (proj(w, &["output.weight".into()])?, Some(linear(w.get("token_embd.weight")?)?))
         } else {
-            (linear(embed_table)?, None)
+            (proj(w, &["token_embd.weight".into()])?, None)
         };
         let rope = Rope::new(cfg.head_dim, cfg.context, cfg.rope_base, cfg.interleaved_rope);
         let rope_local = cfg
             .gemma
             .as_ref()
             .map(|g| Rope::new(cfg.head_dim, cfg.context, g.rope_base_local, cfg.interleaved_rope));
-        Ok(Llama {
-            cfg,
-            device: device.clone(),
-            layers,
-            norm,
-            lm_head,
-            embed,
-            rope,
-            rope_local,
-            head_quant,
-            f16_cache,
-        })
+        Ok(Llama { cfg, device: device.clone(), layers, norm, lm_head, embed, rope, rope_local, f16_cache })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -433,7 +458,10 @@ impl Decoder for Llama {
         logit_rows: &[usize],
         cache: &KvCache,
     ) -> CandleResult<Vec<f32>> {
-        let mut x = self.embed.as_ref().unwrap_or(&self.lm_head).rows(tokens, &self.device)?;
+        let mut x = match (&self.embed, &self.lm_head) {
+            (Some(table), _) | (None, Proj::Dense(table, _)) => table.rows(tokens, &self.device)?,
+            (None, Proj::Blocks(table)) => block_rows(table, tokens, &self.device)?,
+        };
         let eps = self.cfg.eps as f32;
         let gate = if self.cfg.gemma.is_some() {
             x = (x * (self.cfg.hidden as f64).sqrt())?;
@@ -442,19 +470,18 @@ impl Decoder for Llama {
             Gate::Silu
         };
         let post = |y: Tensor, norm: &Option<Tensor>| match norm {
-            Some(w) => candle_nn::ops::rms_norm(&y, w, eps),
+            Some(w) => rms_norm(&y, w, eps),
             None => Ok(y),
         };
         for (i, layer) in self.layers.iter().enumerate() {
-            let [q_qkv, q_out, q_gate_up, q_down] = layer.quant;
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let qkv = layer.qkv.forward(&round_activations(&h, q_qkv)?)?;
+            let h = rms_norm(&x, &layer.attn_norm, eps)?;
+            let qkv = layer.qkv.forward(&h)?;
             let attended = self.attention(&qkv, layout, cache, i)?;
-            let o = layer.out.forward(&round_activations(&attended, q_out)?)?;
+            let o = layer.out.forward(&attended)?;
             x = (x + post(o, &layer.post_attn_norm)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let g = gated(&layer.gate_up.forward(&round_activations(&h, q_gate_up)?)?, gate)?;
-            let m = layer.down.forward(&round_activations(&g, q_down)?)?;
+            let h = rms_norm(&x, &layer.ffn_norm, eps)?;
+            let g = gated(&layer.gate_up.forward(&h)?, gate)?;
+            let m = layer.down.forward(&g)?;
             x = (x + post(m, &layer.post_ffn_norm)?)?;
         }
         if logit_rows.is_empty() {
@@ -462,7 +489,19 @@ impl Decoder for Llama {
         }
         let rows: Vec<u32> = logit_rows.iter().map(|&r| r as u32).collect();
         let last = x.index_select(&Tensor::from_vec(rows, logit_rows.len(), &self.device)?, 0)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        self.lm_head.forward(&round_activations(&last, self.head_quant)?)?.flatten_all()?.to_vec1::<f32>()
+        let last = rms_norm(&last, &self.norm, eps)?;
+        self.lm_head.forward(&last)?.flatten_all()?.to_vec1::<f32>()
     }
+}
+
+/// Embedding rows from a tied table kept in blocks.
+fn block_rows(table: &QMatrix, ids: &[u32], device: &Device) -> CandleResult<Tensor> {
+    let mut out = Vec::with_capacity(ids.len() * table.cols());
+    for &id in ids {
+        if id as usize >= table.rows() {
+            candle_core::bail!("token id {id} is outside the vocabulary of {}", table.rows());
+        }
+        table.row_f32(id as usize, &mut out);
+    }
+    Tensor::from_vec(out, (ids.len(), table.cols()), device)
 }

@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod kv_cache;
 pub mod llama;
 pub mod ops;
+pub mod quant;
 pub mod sampling;
 pub mod spm;
 pub mod vocab;
@@ -64,8 +65,19 @@ const DECODER_TYPES: [&str; 3] = ["llama", "mistral", "qwen2"];
 /// GGUF `general.architecture`s served by the llama decoder (Gemma 3 as its variant).
 const GGUF_ARCHITECTURES: [&str; 3] = ["llama", "mistral", "gemma3"];
 
+/// How a GGUF's quantized weights are multiplied (safetensors weights are always f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// ggml's block kernels on the file's own blocks: llama.cpp's arithmetic bit for bit and a
+    /// quarter of the memory traffic. Formats they do not run (k-quants) fall back to f32.
+    #[default]
+    Quantized,
+    /// Weights dequantized once to f32 and multiplied with large GEMMs.
+    F32,
+}
+
 /// Loads a decoder from a GGUF file or a model folder; the architecture comes from the files.
-pub fn load(path: &Path, device: &Device) -> Result<DecoderModel, ModelError> {
+pub fn load(path: &Path, device: &Device, kernels: Kernels) -> Result<DecoderModel, ModelError> {
     let (decoder, vocab, architecture): (Box<dyn Decoder>, Vocab, String) = if path.is_file() {
         let mut g = gguf::Gguf::open(path)?;
         let arch = g.architecture()?;
@@ -79,7 +91,7 @@ pub fn load(path: &Path, device: &Device) -> Result<DecoderModel, ModelError> {
             });
         }
         let vocab = Vocab::from_gguf(&g)?;
-        (Box::new(llama::Llama::from_gguf(&mut g, device)?), vocab, arch)
+        (Box::new(llama::Llama::from_gguf(&mut g, device, kernels)?), vocab, arch)
     } else {
         let config = std::fs::read(path.join("config.json"))
             .map_err(|_| ModelError::MissingFile { dir: path.display().to_string(), file: "config.json" })?;
@@ -123,7 +135,7 @@ mod tests {
         gguf_file::write(&mut file, &[("general.architecture", &arch)], &[]).expect("write a GGUF");
         drop(file);
         assert!(is_decoder(&path));
-        let err = load(&path, &Device::Cpu).err().expect("falcon is not served");
+        let err = load(&path, &Device::Cpu, Kernels::default()).err().expect("falcon is not served");
         let msg = err.to_string();
         assert!(msg.contains("`falcon`") && msg.contains("supported: llama, mistral, gemma3"), "{msg}");
     }

@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::kv_cache::{LayerKv, row};
@@ -46,7 +46,7 @@ impl ActQuant {
                 for block in x.chunks_mut(32) {
                     let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
                     let d = amax / 127.0;
-                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
                     // ggml keeps the scale as f16; the integers come from the exact one, rounded half to even
                     // as its SIMD quantizers do.
                     let d16 = half::f16::from_f32(d).to_f32();
@@ -102,7 +102,8 @@ fn f16_round(x: f32) -> f32 {
     half::f16::from_f32(x).to_f32()
 }
 
-/// cos and sin of every position × frequency, computed once.
+/// cos and sin of every position × frequency, computed once as ggml does: in f32, each
+/// frequency's angle the previous one's times `base^(-2/d)`.
 pub struct Rope {
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -116,12 +117,13 @@ impl Rope {
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(max_positions * half);
         let mut sin = Vec::with_capacity(max_positions * half);
+        let step = base.powf(-2.0 / head_dim as f32);
         for p in 0..max_positions {
-            for i in 0..half {
-                let freq = 1.0 / (base as f64).powf(2.0 * i as f64 / head_dim as f64);
-                let angle = p as f64 * freq;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
+            let mut angle = p as f32;
+            for _ in 0..half {
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+                angle *= step;
             }
         }
         Rope { cos, sin, half, interleaved }
@@ -140,8 +142,9 @@ impl Rope {
             for i in 0..self.half {
                 let (a, b) = if self.interleaved { (2 * i, 2 * i + 1) } else { (i, i + self.half) };
                 let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * cos[i] - x1 * sin[i];
-                head[b] = x0 * sin[i] + x1 * cos[i];
+                // Which product is fused is as in ggml's build (GCC contracts `a·b ± c·d`).
+                head[a] = x0.mul_add(cos[i], -(x1 * sin[i]));
+                head[b] = x0.mul_add(sin[i], x1 * cos[i]);
             }
         }
     }
@@ -152,6 +155,10 @@ pub struct StepLayout {
     pub positions: Vec<usize>,
     pub seq_of_token: Vec<usize>,
     pub tables: Vec<Vec<u32>>,
+    /// Each sequence's prompt length. llama.cpp reads a prompt in one batch and generates one
+    /// token at a time, and its attention adds up in a different order in the two cases;
+    /// following it per token (not per step) keeps results independent of the batch.
+    pub prompt_lens: Vec<usize>,
 }
 
 /// One layer's attention for a step: `qkv` is (tokens, (heads + 2·kv_heads)·head_dim), the
@@ -176,12 +183,10 @@ pub struct PagedAttention<'a> {
 
 /// RMS-normalises each head of `x` in place with the per-dimension `weight`.
 fn head_norm(x: &mut [f32], weight: &[f32], eps: f32) {
+    let mut normed = vec![0f32; weight.len()];
     for head in x.chunks_exact_mut(weight.len()) {
-        let mean = head.iter().map(|v| v * v).sum::<f32>() / head.len() as f32;
-        let inv = 1.0 / (mean + eps).sqrt();
-        for (v, w) in head.iter_mut().zip(weight) {
-            *v *= inv * w;
-        }
+        rms_norm_row(head, weight, eps, &mut normed);
+        head.copy_from_slice(&normed);
     }
 }
 
@@ -241,30 +246,31 @@ impl CustomOp1 for PagedAttention<'_> {
         let mut out = vec![0f32; tokens * q_dim];
         out.par_chunks_mut(q_dim).enumerate().for_each(|(t, out)| {
             let pos = self.layout.positions[t];
+            let seq = self.layout.seq_of_token[t];
             let first = self.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let table = &self.layout.tables[self.layout.seq_of_token[t]];
+            let table = &self.layout.tables[seq];
+            let prompt_len = self.layout.prompt_lens.get(seq).copied().unwrap_or(0);
+            let batched = pos < prompt_len && prompt_len > 1;
             let rows: Vec<usize> = (first..=pos).map(|p| row(table, p) * kv_dim).collect();
             let mut scores = vec![0f32; rows.len()];
             for h in 0..self.heads {
                 let qh = &q[t * q_dim + h * d..][..d];
                 let off = (h / group) * d;
-                let mut max = f32::NEG_INFINITY;
                 for (s, &r) in scores.iter_mut().zip(&rows) {
-                    *s = dot(qh, &kv.k[r + off..r + off + d]) * scale;
-                    max = max.max(*s);
+                    let k = &kv.k[r + off..r + off + d];
+                    *s = if batched && d.is_multiple_of(16) { dot_tiled(k, qh) } else { dot_f16(k, qh) }
+                        * scale;
                 }
-                let mut sum = 0.0;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
+                softmax(&mut scores, first);
+                if self.f16_cache {
+                    scores.iter_mut().for_each(|w| *w = f16_round(*w));
                 }
-                let inv = 1.0 / sum;
                 let oh = &mut out[h * d..(h + 1) * d];
-                for (s, &r) in scores.iter().zip(&rows) {
-                    let w = if self.f16_cache { f16_round(s * inv) } else { s * inv };
-                    for (o, v) in oh.iter_mut().zip(&kv.v[r + off..r + off + d]) {
-                        *o += w * v;
-                    }
+                let values = rows.iter().map(|&r| &kv.v[r + off..r + off + d]);
+                if batched {
+                    weighted_sum_tiled(values, &scores, first, oh);
+                } else {
+                    weighted_sum_f16(values, &scores, first, oh);
                 }
             }
         });
@@ -272,18 +278,126 @@ impl CustomOp1 for PagedAttention<'_> {
     }
 }
 
+// llama.cpp's attention arithmetic (f16 cache, no flash attention, AVX-512 build): a prompt's
+// products go through llamafile's tiled GEMM (one 16-lane accumulator per output), a generated
+// token's through `ggml_vec_dot_f16` (four 16-lane accumulators per 64 elements); scores are
+// laid out by cache position, so a position's lane is fixed by its index.
+
+/// ggml's `_mm512_reduce_add_ps` (GCC's expansion): halves, quarters, then pairs.
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums: the compiler keeps them in one vector register.
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+fn reduce16(a: &[f32; 16]) -> f32 {
+    let t8: [f32; 8] = std::array::from_fn(|i| a[i + 8] + a[i]);
+    let t4: [f32; 4] = std::array::from_fn(|i| t8[i + 4] + t8[i]);
+    (t4[0] + t4[2]) + (t4[1] + t4[3])
+}
+
+/// `ggml_vec_dot_f16` over values already rounded to f16.
+fn dot_f16(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len();
+    let full = n - n % 64;
+    let mut acc = [[0f32; 16]; 4];
+    for i in 0..full {
+        let (j, lane) = ((i % 64) / 16, i % 16);
+        acc[j][lane] = x[i].mul_add(y[i], acc[j][lane]);
+    }
+    let mut sum = reduce_four(&acc) as f64;
+    for i in full..n {
+        sum += (x[i] * y[i]) as f64;
+    }
+    sum as f32
+}
+
+/// The four accumulators of `ggml_vec_dot_f16` folded as `GGML_F16_VEC_REDUCE` folds them.
+fn reduce_four(acc: &[[f32; 16]; 4]) -> f32 {
+    let folded: [f32; 16] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    reduce16(&folded)
+}
+
+/// llamafile's tiled f16 GEMM for one output: lane `i % 16` accumulates, then one reduction.
+fn dot_tiled(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    for (i, (a, b)) in x.iter().zip(y).enumerate() {
+        acc[i % 16] = a.mul_add(*b, acc[i % 16]);
+    }
+    reduce16(&acc)
+}
+
+/// ggml's soft_max over a row of cache positions `first..`: exponentials with ggml's `expf`,
+/// summed in f64 sixteen positions at a time, then scaled by the f32 reciprocal.
+fn softmax(scores: &mut [f32], first: usize) {
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    scores.iter_mut().for_each(|s| *s = ggml_expf(*s - max));
+    let mut sum = 0f64;
+    let mut lanes = [0f32; 16];
+    for (i, &e) in scores.iter().enumerate() {
+        let p = first + i;
+        lanes[p % 16] = e;
+        if p % 16 == 15 || i + 1 == scores.len() {
+            sum += reduce16(&lanes) as f64;
+            lanes = [0f32; 16];
         }
     }
-    acc.iter().sum::<f32>() + tail
+    let inv = (1.0 / sum) as f32;
+    scores.iter_mut().for_each(|s| *s *= inv);
+}
+
+/// Σ weights·values per dimension as llamafile's tiled GEMM adds them (prompt tokens).
+fn weighted_sum_tiled<'v>(
+    values: impl Iterator<Item = &'v [f32]>,
+    weights: &[f32],
+    first: usize,
+    out: &mut [f32],
+) {
+    let mut acc = vec![[0f32; 16]; out.len()];
+    for (i, (v, &w)) in values.zip(weights).enumerate() {
+        let lane = (first + i) % 16;
+        for (a, &x) in acc.iter_mut().zip(v) {
+            a[lane] = x.mul_add(w, a[lane]);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(&acc) {
+        *o = reduce16(a);
+    }
+}
+
+/// Σ weights·values per dimension as `ggml_vec_dot_f16` adds them (generated tokens).
+fn weighted_sum_f16<'v>(
+    values: impl Iterator<Item = &'v [f32]>,
+    weights: &[f32],
+    first: usize,
+    out: &mut [f32],
+) {
+    let mut acc = vec![[[0f32; 16]; 4]; out.len()];
+    for (i, (v, &w)) in values.zip(weights).enumerate() {
+        let p = first + i;
+        let (j, lane) = ((p % 64) / 16, p % 16);
+        for (a, &x) in acc.iter_mut().zip(v) {
+            a[j][lane] = x.mul_add(w, a[j][lane]);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(&acc) {
+        *o = reduce_four(a);
+    }
+}
+
+/// ggml's AVX-512 `ggml_v_expf`: 2ⁿ·p(b) with a degree-5 polynomial, where n = round(x/ln 2).
+/// Up to ~1.5 ulp from the true value; llama.cpp's softmax and SiLU use it.
+pub fn ggml_expf(x: f32) -> f32 {
+    let c = f32::from_bits;
+    let shift = c(0x4b40_0000); // 1.5·2²³: adding it rounds to an integer
+    let z = x.mul_add(c(0x3fb8_aa3b), shift); // x/ln 2
+    let n = z - shift;
+    let b = (-n).mul_add(c(0x35bf_be8e), (-n).mul_add(c(0x3f31_7200), x));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    let u = b * b;
+    let j = c(0x3c07_2010)
+        .mul_add(b, c(0x3d2b_9f17))
+        .mul_add(u, c(0x3e2a_af33).mul_add(b, c(0x3eff_fedb)))
+        .mul_add(u, c(0x3f7f_fff6).mul_add(b, 1.0));
+    // vscalefps: j·2ⁿ rounded once.
+    (j as f64 * 2f64.powi(n as i32)) as f32
 }
 
 /// The gate's activation in a gated feed-forward layer.
@@ -299,7 +413,7 @@ impl Gate {
     #[inline]
     fn apply(self, g: f32) -> f32 {
         match self {
-            Gate::Silu => g / (1.0 + (-g).exp()),
+            Gate::Silu => g / (1.0 + ggml_expf(0.0 - g)),
             Gate::GeluTanh => {
                 // ggml evaluates GELU from a table over f16 inputs with f16 results; GeGLU
                 // models come from GGUF files, so do the same to follow llama.cpp.
@@ -329,12 +443,67 @@ impl CustomOp1 for SwiGlu {
         let mut out = vec![0f32; rows * n];
         out.par_chunks_mut(n).zip(data[start..end].par_chunks(width)).for_each(|(o, x)| {
             let (gate, up) = x.split_at(n);
-            for ((o, &g), u) in o.iter_mut().zip(gate).zip(up) {
-                *o = self.0.apply(g) * u;
+            // ggml runs SiLU sixteen at a time with its own expf and the rest with libm's.
+            let vector = n - n % 16;
+            for (i, ((o, &g), u)) in o.iter_mut().zip(gate).zip(up).enumerate() {
+                let act = match self.0 {
+                    Gate::Silu if i >= vector => g / (1.0 + (-g).exp()),
+                    gate => gate.apply(g),
+                };
+                *o = act * u;
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((rows, n))))
     }
+}
+
+/// RMS normalisation with ggml's arithmetic: the squares summed in f64, the mean rounded to
+/// f32, then `(x · 1/√(mean + ε)) · w`. The next layer's activations are quantized to 8 bits,
+/// so a last-bit difference here moves whole quantization steps there.
+pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let sum: f64 = x.iter().map(|v| (v * v) as f64).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(w) {
+        *o = v * scale * w;
+    }
+}
+
+/// [`rms_norm_row`] over the rows of a (rows, features) matrix, the weight as the second input.
+struct RmsNorm(f32);
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "barge-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (Some((a, b)), Some((c, d))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("rms norm needs contiguous inputs");
+        };
+        let (x, w) = (&s1.as_slice::<f32>()?[a..b], &s2.as_slice::<f32>()?[c..d]);
+        let cols = w.len();
+        if cols == 0 || x.len() % cols != 0 {
+            candle_core::bail!("rms norm of {} values with a weight of {cols}", x.len());
+        }
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(cols).zip(x.par_chunks(cols)).for_each(|(o, x)| rms_norm_row(x, w, self.0, o));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// RMS norm of each row of `x`: [`rms_norm_row`] on the CPU, candle's elsewhere.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        return x.contiguous()?.apply_op2_no_bwd(w, &RmsNorm(eps));
+    }
+    candle_nn::ops::rms_norm(x, w, eps)
 }
 
 /// The gated activation; plain candle ops on devices without the CPU kernel.
@@ -362,12 +531,15 @@ mod tests {
     #[test]
     fn paged_attention_equals_naive_causal_attention() -> Result<()> {
         for window in [None, Some(5)] {
-            attention_case(window)?;
+            // The prompt's (tiled) order of additions and the generated tokens' order.
+            for prompt_len in [21, 0] {
+                attention_case(window, prompt_len)?;
+            }
         }
         Ok(())
     }
 
-    fn attention_case(window: Option<usize>) -> Result<()> {
+    fn attention_case(window: Option<usize>, prompt_len: usize) -> Result<()> {
         let (heads, kv_heads, d, len) = (4, 2, 8, 21);
         let width = (heads + 2 * kv_heads) * d;
         let values: Vec<f32> = (0..len * width).map(|i| (i * 31 % 97) as f32 / 40.0 - 1.2).collect();
@@ -380,6 +552,7 @@ mod tests {
             positions: (0..len).collect(),
             seq_of_token: vec![0; len],
             tables: vec![vec![3, 1]],
+            prompt_lens: vec![prompt_len],
         };
         let op = PagedAttention {
             layout: &layout,
@@ -429,6 +602,19 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn ggml_expf_is_within_two_ulp_and_saturates() {
+        for i in -8000..=8000 {
+            let x = i as f32 / 100.0;
+            let (got, want) = (ggml_expf(x), (x as f64).exp());
+            let ulp = (want as f32).abs() * f32::EPSILON;
+            assert!(((got as f64) - want).abs() <= 2.0 * ulp as f64, "expf({x}) = {got}, not {want}");
+        }
+        assert_eq!(ggml_expf(f32::NEG_INFINITY), 0.0);
+        assert_eq!(ggml_expf(-200.0), 0.0);
+        assert_eq!(ggml_expf(200.0), f32::INFINITY);
     }
 
     #[test]

@@ -7,8 +7,10 @@ use std::sync::OnceLock;
 
 use barge_runner::decoder::chat_template::ChatMessage;
 use barge_runner::decoder::engine::{Engine, EngineConfig, Finish, GenRequest, GenResult};
+use barge_runner::decoder::kv_cache::KvCache;
+use barge_runner::decoder::ops::StepLayout;
 use barge_runner::decoder::sampling::SamplingParams;
-use barge_runner::decoder::{self, DecoderModel};
+use barge_runner::decoder::{self, DecoderModel, Kernels};
 use candle_core::Device;
 use serde_json::Value;
 
@@ -34,7 +36,7 @@ fn gguf() -> &'static Path {
 }
 
 fn load() -> DecoderModel {
-    decoder::load(gguf(), &Device::Cpu).expect("SmolLM2 loads")
+    decoder::load(gguf(), &Device::Cpu, Kernels::Quantized).expect("SmolLM2 loads")
 }
 
 fn fixture(name: &str) -> Value {
@@ -172,14 +174,10 @@ fn greedy_tokens_match_llama_cpp() {
         share * 100.0,
         report.join("\n")
     );
-    // Barge's f32 GEMMs and llama.cpp's integer block dot products round differently, so a
-    // near-tie may go either way; a step where llama.cpp was sure and Barge differs is a bug.
+    // The quantized kernels follow llama.cpp's arithmetic to the bit (see the logits test),
+    // so even near-ties must go the same way.
     assert!(
-        confident_misses.is_empty(),
-        "prompts {confident_misses:?} differ where llama.cpp's margin was at least {CONFIDENT_MARGIN}"
-    );
-    assert!(
-        share >= 0.6,
+        exact == results.len() && confident_misses.is_empty(),
         "only {exact} of {} prompts match llama.cpp's first 16 greedy tokens",
         results.len()
     );
@@ -290,7 +288,7 @@ fn gemma3() -> &'static Path {
 /// completions that follow llama.cpp's wherever llama.cpp was sure.
 #[test]
 fn gemma3_tokenizes_and_completes_like_llama_cpp() {
-    let model = decoder::load(gemma3(), &Device::Cpu).expect("Gemma 3 loads");
+    let model = decoder::load(gemma3(), &Device::Cpu, Kernels::Quantized).expect("Gemma 3 loads");
     assert_eq!(model.architecture, "gemma3");
     assert!(model.template.is_none(), "this GGUF carries no chat template");
     let fx = fixture("gemma3.json");
@@ -333,4 +331,50 @@ fn gemma3_tokenizes_and_completes_like_llama_cpp() {
     }
     eprintln!("gemma3 greedy parity: {exact} of {}", results.len());
     assert!(exact * 2 >= results.len(), "only {exact} of {} completions match for 16 tokens", results.len());
+}
+
+/// One forward pass of `ids` at positions `start..` of a single sequence whose prompt is
+/// `prompt_len` tokens; the last token's logits.
+fn last_logits(
+    model: &DecoderModel,
+    cache: &KvCache,
+    ids: &[u32],
+    start: usize,
+    prompt_len: usize,
+) -> Vec<f32> {
+    let layout = StepLayout {
+        positions: (start..start + ids.len()).collect(),
+        seq_of_token: vec![0; ids.len()],
+        tables: vec![(0..cache.total_blocks() as u32).collect()],
+        prompt_lens: vec![prompt_len],
+    };
+    model.decoder.forward(ids, &layout, &[ids.len() - 1], cache).expect("a forward pass")
+}
+
+/// llama.cpp's largest logits after each prompt and after the first generated token, equal
+/// to the last bit: the quantized kernels, norms, rotary embeddings, softmax and both of
+/// llama.cpp's attention orders (a prompt read in one batch, a token read alone) follow it.
+#[test]
+fn logits_equal_llama_cpp_bit_for_bit() {
+    let model = load();
+    let fx = fixture("smollm2_logits.json");
+    let (layers, kv_dim) = model.decoder.cache_shape();
+    let mut mismatches = Vec::new();
+    for (i, e) in fx["entries"].as_array().expect("entries").iter().enumerate() {
+        let prompt = ids(&e["prompt_ids"]);
+        let cache = KvCache::new(layers, kv_dim, prompt.len().div_ceil(16) + 1);
+        let after_prompt = last_logits(&model, &cache, &prompt, 0, prompt.len());
+        let next = e["next"].as_u64().expect("next") as u32;
+        let after_next = last_logits(&model, &cache, &[next], prompt.len(), prompt.len());
+        for (stage, logits) in [("after_prompt", &after_prompt), ("after_next", &after_next)] {
+            for pair in e[stage].as_array().expect("top logits") {
+                let (id, want) =
+                    (pair[0].as_u64().expect("id") as usize, pair[1].as_f64().expect("logit") as f32);
+                if logits[id].to_bits() != want.to_bits() {
+                    mismatches.push(format!("#{i} {stage} token {id}: {} vs llama.cpp {want}", logits[id]));
+                }
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{} logits differ:\n{}", mismatches.len(), mismatches.join("\n"));
 }
