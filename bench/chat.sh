@@ -3,6 +3,7 @@
 # bench/chat_requests.jsonl (256 short chat requests, max_tokens 64, greedy) against llama.cpp
 # (llama-cpp-python, same GGUF, same threads) answering them one at a time.
 #   bench/chat.sh [THREADS] [LIMIT] [RUNNER FLAGS...]   (defaults 2 and all 256 requests)
+# BARGE_BENCH_RUNNER_ONLY=1 skips the llama.cpp side (to compare runner settings quickly).
 # Whole-process time for the runner (start, model load, I/O, checkpoints); llama.cpp's own
 # prefill and decode time only. Peak RSS of both.
 set -euo pipefail
@@ -44,5 +45,6 @@ print(json.dumps({
 }))
 PY
 
+[[ -n "${BARGE_BENCH_RUNNER_ONLY:-}" ]] && exit 0
 PY="$(scripts/reference/llama-venv.sh)"
 "$PY" bench/llamacpp_chat.py --model "$GGUF" --requests "$WORK/requests.jsonl" --threads "$THREADS"

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor};
 
-use super::quant::{self, QMatrix};
+use super::quant::{self, QRows};
 use crate::models::ModelError;
 
 pub struct Gguf {
@@ -131,7 +131,7 @@ impl Gguf {
 
     /// Tensor `name` (a Linear weight, (out, in)) in its own blocks for the quantized kernels;
     /// `None` when its format is not one they run.
-    pub fn blocks(&mut self, name: &str) -> Result<Option<QMatrix>, ModelError> {
+    pub fn blocks(&mut self, name: &str) -> Result<Option<QRows>, ModelError> {
         let dtype = self.tensor_type(name);
         if !quant::supports(dtype) {
             return Ok(None);
@@ -143,7 +143,7 @@ impl Gguf {
             return Ok(None);
         };
         let data = q.data().map_err(weights)?;
-        QMatrix::from_blocks(dtype, rows, cols, &data).map(Some).ok_or_else(|| {
+        QRows::from_blocks(dtype, rows, cols, &data).map(Some).ok_or_else(|| {
             self.bad(format!("tensor {name} ({rows}x{cols}, {dtype:?}) has a size its format cannot have"))
         })
     }

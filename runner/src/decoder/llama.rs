@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::gguf::Gguf;
 use super::kv_cache::KvCache;
 use super::ops::{ActQuant, Gate, PagedAttention, Rope, StepLayout, gated, rms_norm, round_activations};
-use super::quant::{QMatMul, QMatrix};
+use super::quant::{QMatMul, QMatrix, QRows};
 use super::{Decoder, Kernels};
 use crate::models::ModelError;
 use crate::models::cpu_ops::Linear;
@@ -101,7 +101,7 @@ trait Weights {
     /// How llama.cpp would round the activations multiplied by this weight.
     fn act_quant(&self, name: &str) -> ActQuant;
     /// The weight in its own blocks, when the quantized kernels run its format.
-    fn blocks(&mut self, name: &str) -> Result<Option<QMatrix>, ModelError>;
+    fn blocks(&mut self, name: &str) -> Result<Option<QRows>, ModelError>;
 }
 
 impl Weights for Gguf {
@@ -114,7 +114,7 @@ impl Weights for Gguf {
     fn act_quant(&self, name: &str) -> ActQuant {
         ActQuant::for_weight(self.tensor_type(name))
     }
-    fn blocks(&mut self, name: &str) -> Result<Option<QMatrix>, ModelError> {
+    fn blocks(&mut self, name: &str) -> Result<Option<QRows>, ModelError> {
         Gguf::blocks(self, name)
     }
 }
@@ -167,7 +167,7 @@ impl Weights for Safetensors<'_> {
     fn act_quant(&self, _: &str) -> ActQuant {
         ActQuant::None
     }
-    fn blocks(&mut self, _: &str) -> Result<Option<QMatrix>, ModelError> {
+    fn blocks(&mut self, _: &str) -> Result<Option<QRows>, ModelError> {
         Ok(None)
     }
 }
@@ -340,9 +340,9 @@ impl Llama {
                     }
                 }
                 if parts.len() == names.len()
-                    && let Some(m) = QMatrix::concat(&parts)
+                    && let Some(m) = QRows::concat(&parts)
                 {
-                    return Ok(Proj::Blocks(m));
+                    return Ok(Proj::Blocks(m.pack()));
                 }
             }
             let tensors = names.iter().map(|n| w.get(n)).collect::<Result<Vec<_>, _>>()?;

@@ -2,6 +2,7 @@
 //! template, and the continuous-batching engine the pipeline drives.
 
 pub mod chat_template;
+pub mod cpu;
 pub mod engine;
 pub mod gguf;
 pub mod kv_cache;

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu::fast;
 use super::kv_cache::{LayerKv, row};
 
 /// How llama.cpp rounds a matrix product's activations for a weight type (ggml's
@@ -134,6 +135,7 @@ impl Rope {
     }
 
     /// Rotates each head of `x` (heads × head_dim values) to position `pos`.
+    #[inline(always)]
     fn apply(&self, x: &mut [f32], pos: usize) {
         let d = 2 * self.half;
         let (cos, sin) =
@@ -181,7 +183,89 @@ pub struct PagedAttention<'a> {
     pub f16_cache: bool,
 }
 
+impl PagedAttention<'_> {
+    /// Queries of every token (normed, rotated, rounded) into `q`; keys and values into the cache.
+    #[inline(always)]
+    fn prepare(&self, qkv: &[f32], q: &mut [f32], kv: &mut LayerKv) {
+        let d = self.head_dim;
+        let (q_dim, kv_dim) = (self.heads * d, self.kv_heads * d);
+        let width = q_dim + 2 * kv_dim;
+        for (t, src) in qkv.chunks_exact(width).enumerate() {
+            let pos = self.layout.positions[t];
+            let qt = &mut q[t * q_dim..(t + 1) * q_dim];
+            qt.copy_from_slice(&src[..q_dim]);
+            if let Some((qn, _, eps)) = self.qk_norm {
+                head_norm(qt, qn, eps);
+            }
+            self.rope.apply(qt, pos);
+            if self.f16_cache {
+                qt.iter_mut().for_each(|v| *v = f16_round(*v));
+            }
+            let r = row(&self.layout.tables[self.layout.seq_of_token[t]], pos) * kv_dim;
+            let k = &mut kv.k[r..r + kv_dim];
+            k.copy_from_slice(&src[q_dim..q_dim + kv_dim]);
+            if let Some((_, kn, eps)) = self.qk_norm {
+                head_norm(k, kn, eps);
+            }
+            self.rope.apply(k, pos);
+            let v = &mut kv.v[r..r + kv_dim];
+            v.copy_from_slice(&src[q_dim + kv_dim..]);
+            if self.f16_cache {
+                k.iter_mut().chain(v.iter_mut()).for_each(|x| *x = f16_round(*x));
+            }
+        }
+    }
+
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+    fn prepare_fma(&self, qkv: &[f32], q: &mut [f32], kv: &mut LayerKv) {
+        self.prepare(qkv, q, kv)
+    }
+
+    /// Token `t`'s attention over its sequence's cached positions, every head, into `out`.
+    #[inline(always)]
+    fn attend(&self, t: usize, q: &[f32], kv: &LayerKv, out: &mut [f32]) {
+        let d = self.head_dim;
+        let (q_dim, kv_dim) = (self.heads * d, self.kv_heads * d);
+        let group = self.heads / self.kv_heads;
+        let pos = self.layout.positions[t];
+        let seq = self.layout.seq_of_token[t];
+        let first = self.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let table = &self.layout.tables[seq];
+        let prompt_len = self.layout.prompt_lens.get(seq).copied().unwrap_or(0);
+        let batched = pos < prompt_len && prompt_len > 1;
+        let rows: Vec<usize> = (first..=pos).map(|p| row(table, p) * kv_dim).collect();
+        let mut scores = vec![0f32; rows.len()];
+        let mut scratch = vec![0f32; 64 * d];
+        for h in 0..self.heads {
+            let qh = &q[t * q_dim + h * d..][..d];
+            let off = (h / group) * d;
+            for (s, &r) in scores.iter_mut().zip(&rows) {
+                let k = &kv.k[r + off..r + off + d];
+                *s = if batched && d.is_multiple_of(16) { dot_tiled(k, qh) } else { dot_f16(k, qh) }
+                    * self.scale;
+            }
+            softmax(&mut scores, first);
+            if self.f16_cache {
+                scores.iter_mut().for_each(|w| *w = f16_round(*w));
+            }
+            let oh = &mut out[h * d..(h + 1) * d];
+            let values = rows.iter().map(|&r| &kv.v[r + off..r + off + d]);
+            if batched {
+                weighted_sum_tiled(values, &scores, first, oh, &mut scratch);
+            } else {
+                weighted_sum_f16(values, &scores, first, oh, &mut scratch);
+            }
+        }
+    }
+
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+    fn attend_fma(&self, t: usize, q: &[f32], kv: &LayerKv, out: &mut [f32]) {
+        self.attend(t, q, kv, out)
+    }
+}
+
 /// RMS-normalises each head of `x` in place with the per-dimension `weight`.
+#[inline(always)]
 fn head_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     let mut normed = vec![0f32; weight.len()];
     for head in x.chunks_exact_mut(weight.len()) {
@@ -214,66 +298,12 @@ impl CustomOp1 for PagedAttention<'_> {
         let mut q = vec![0f32; tokens * q_dim];
         let mut guard =
             self.kv.lock().map_err(|_| candle_core::Error::Msg("a KV cache lock was poisoned".into()))?;
-        let kv = &mut *guard;
-        for t in 0..tokens {
-            let src = &qkv[t * width..(t + 1) * width];
-            let pos = self.layout.positions[t];
-            let qt = &mut q[t * q_dim..(t + 1) * q_dim];
-            qt.copy_from_slice(&src[..q_dim]);
-            if let Some((qn, _, eps)) = self.qk_norm {
-                head_norm(qt, qn, eps);
-            }
-            self.rope.apply(qt, pos);
-            if self.f16_cache {
-                qt.iter_mut().for_each(|v| *v = f16_round(*v));
-            }
-            let r = row(&self.layout.tables[self.layout.seq_of_token[t]], pos) * kv_dim;
-            let k = &mut kv.k[r..r + kv_dim];
-            k.copy_from_slice(&src[q_dim..q_dim + kv_dim]);
-            if let Some((_, kn, eps)) = self.qk_norm {
-                head_norm(k, kn, eps);
-            }
-            self.rope.apply(k, pos);
-            let v = &mut kv.v[r..r + kv_dim];
-            v.copy_from_slice(&src[q_dim + kv_dim..]);
-            if self.f16_cache {
-                k.iter_mut().chain(v.iter_mut()).for_each(|x| *x = f16_round(*x));
-            }
-        }
-        let kv = &*kv;
-        let group = self.heads / self.kv_heads;
-        let scale = self.scale;
+        fast!(self.prepare_fma(qkv, &mut q, &mut guard), self.prepare(qkv, &mut q, &mut guard));
+        let kv = &*guard;
         let mut out = vec![0f32; tokens * q_dim];
-        out.par_chunks_mut(q_dim).enumerate().for_each(|(t, out)| {
-            let pos = self.layout.positions[t];
-            let seq = self.layout.seq_of_token[t];
-            let first = self.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let table = &self.layout.tables[seq];
-            let prompt_len = self.layout.prompt_lens.get(seq).copied().unwrap_or(0);
-            let batched = pos < prompt_len && prompt_len > 1;
-            let rows: Vec<usize> = (first..=pos).map(|p| row(table, p) * kv_dim).collect();
-            let mut scores = vec![0f32; rows.len()];
-            for h in 0..self.heads {
-                let qh = &q[t * q_dim + h * d..][..d];
-                let off = (h / group) * d;
-                for (s, &r) in scores.iter_mut().zip(&rows) {
-                    let k = &kv.k[r + off..r + off + d];
-                    *s = if batched && d.is_multiple_of(16) { dot_tiled(k, qh) } else { dot_f16(k, qh) }
-                        * scale;
-                }
-                softmax(&mut scores, first);
-                if self.f16_cache {
-                    scores.iter_mut().for_each(|w| *w = f16_round(*w));
-                }
-                let oh = &mut out[h * d..(h + 1) * d];
-                let values = rows.iter().map(|&r| &kv.v[r + off..r + off + d]);
-                if batched {
-                    weighted_sum_tiled(values, &scores, first, oh);
-                } else {
-                    weighted_sum_f16(values, &scores, first, oh);
-                }
-            }
-        });
+        out.par_chunks_mut(q_dim)
+            .enumerate()
+            .for_each(|(t, out)| fast!(self.attend_fma(t, &q, kv, out), self.attend(t, &q, kv, out)));
         Ok((CpuStorage::F32(out), Shape::from((tokens, q_dim))))
     }
 }
@@ -284,7 +314,7 @@ impl CustomOp1 for PagedAttention<'_> {
 // laid out by cache position, so a position's lane is fixed by its index.
 
 /// ggml's `_mm512_reduce_add_ps` (GCC's expansion): halves, quarters, then pairs.
-#[inline]
+#[inline(always)]
 fn reduce16(a: &[f32; 16]) -> f32 {
     let t8: [f32; 8] = std::array::from_fn(|i| a[i + 8] + a[i]);
     let t4: [f32; 4] = std::array::from_fn(|i| t8[i + 4] + t8[i]);
@@ -292,38 +322,47 @@ fn reduce16(a: &[f32; 16]) -> f32 {
 }
 
 /// `ggml_vec_dot_f16` over values already rounded to f16.
+#[inline(always)]
 fn dot_f16(x: &[f32], y: &[f32]) -> f32 {
-    let n = x.len();
-    let full = n - n % 64;
+    let full = x.len() - x.len() % 64;
     let mut acc = [[0f32; 16]; 4];
-    for i in 0..full {
-        let (j, lane) = ((i % 64) / 16, i % 16);
-        acc[j][lane] = x[i].mul_add(y[i], acc[j][lane]);
+    for (xc, yc) in x[..full].chunks_exact(64).zip(y[..full].chunks_exact(64)) {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            for (l, a) in acc.iter_mut().enumerate() {
+                *a = xc[16 * j + l].mul_add(yc[16 * j + l], *a);
+            }
+        }
     }
     let mut sum = reduce_four(&acc) as f64;
-    for i in full..n {
-        sum += (x[i] * y[i]) as f64;
+    for (a, b) in x[full..].iter().zip(&y[full..]) {
+        sum += (a * b) as f64;
     }
     sum as f32
 }
 
 /// The four accumulators of `ggml_vec_dot_f16` folded as `GGML_F16_VEC_REDUCE` folds them.
+#[inline(always)]
 fn reduce_four(acc: &[[f32; 16]; 4]) -> f32 {
     let folded: [f32; 16] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
     reduce16(&folded)
 }
 
-/// llamafile's tiled f16 GEMM for one output: lane `i % 16` accumulates, then one reduction.
+/// llamafile's tiled f16 GEMM for one output (length a multiple of 16): lane `i % 16`
+/// accumulates, then one reduction.
+#[inline(always)]
 fn dot_tiled(x: &[f32], y: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
-    for (i, (a, b)) in x.iter().zip(y).enumerate() {
-        acc[i % 16] = a.mul_add(*b, acc[i % 16]);
+    for (xc, yc) in x.chunks_exact(16).zip(y.chunks_exact(16)) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a = xc[l].mul_add(yc[l], *a);
+        }
     }
     reduce16(&acc)
 }
 
 /// ggml's soft_max over a row of cache positions `first..`: exponentials with ggml's `expf`,
 /// summed in f64 sixteen positions at a time, then scaled by the f32 reciprocal.
+#[inline(always)]
 fn softmax(scores: &mut [f32], first: usize) {
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
     scores.iter_mut().for_each(|s| *s = ggml_expf(*s - max));
@@ -341,47 +380,93 @@ fn softmax(scores: &mut [f32], first: usize) {
     scores.iter_mut().for_each(|s| *s *= inv);
 }
 
-/// Σ weights·values per dimension as llamafile's tiled GEMM adds them (prompt tokens).
+/// Σ weights·values per dimension, each position's product added into the accumulator row
+/// of its lane: `acc` holds `lanes` rows of `out.len()` (rows are vectors over the dimensions,
+/// so the loop vectorises while each dimension keeps ggml's order).
+#[inline(always)]
+fn accumulate_lanes<'v>(
+    values: impl Iterator<Item = &'v [f32]>,
+    weights: &[f32],
+    first: usize,
+    acc: &mut [f32],
+    lanes: usize,
+) {
+    let d = acc.len() / lanes;
+    for (i, (v, &w)) in values.zip(weights).enumerate() {
+        let row = &mut acc[((first + i) % lanes) * d..][..d];
+        for (a, &x) in row.iter_mut().zip(v) {
+            *a = x.mul_add(w, *a);
+        }
+    }
+}
+
+/// [`reduce16`] down the sixteen rows of `acc` (16 × `out.len()`), for every column at once.
+#[inline(always)]
+fn reduce16_rows(acc: &mut [f32], out: &mut [f32]) {
+    let d = out.len();
+    // Row l += row l + 8 (l < 8), then row l += row l + 4 (l < 4): additions commute exactly.
+    for half in [8, 4] {
+        for l in 0..half {
+            let (lo, hi) = acc.split_at_mut((l + half) * d);
+            for (a, b) in lo[l * d..(l + 1) * d].iter_mut().zip(&hi[..d]) {
+                *a += *b;
+            }
+        }
+    }
+    for (c, o) in out.iter_mut().enumerate() {
+        *o = (acc[c] + acc[2 * d + c]) + (acc[d + c] + acc[3 * d + c]);
+    }
+}
+
+/// Σ weights·values per dimension as llamafile's tiled GEMM adds them (prompt tokens):
+/// one 16-lane accumulator. `scratch` is at least 16 × `out.len()`.
+#[inline(always)]
 fn weighted_sum_tiled<'v>(
     values: impl Iterator<Item = &'v [f32]>,
     weights: &[f32],
     first: usize,
     out: &mut [f32],
+    scratch: &mut [f32],
 ) {
-    let mut acc = vec![[0f32; 16]; out.len()];
-    for (i, (v, &w)) in values.zip(weights).enumerate() {
-        let lane = (first + i) % 16;
-        for (a, &x) in acc.iter_mut().zip(v) {
-            a[lane] = x.mul_add(w, a[lane]);
-        }
-    }
-    for (o, a) in out.iter_mut().zip(&acc) {
-        *o = reduce16(a);
-    }
+    let acc = &mut scratch[..16 * out.len()];
+    acc.fill(0.0);
+    accumulate_lanes(values, weights, first, acc, 16);
+    reduce16_rows(acc, out);
 }
 
-/// Σ weights·values per dimension as `ggml_vec_dot_f16` adds them (generated tokens).
+/// Σ weights·values per dimension as `ggml_vec_dot_f16` adds them (generated tokens): four
+/// 16-lane accumulators over each 64 positions, folded `(0 + 2) + (1 + 3)`. `scratch` is at
+/// least 64 × `out.len()`.
+#[inline(always)]
 fn weighted_sum_f16<'v>(
     values: impl Iterator<Item = &'v [f32]>,
     weights: &[f32],
     first: usize,
     out: &mut [f32],
+    scratch: &mut [f32],
 ) {
-    let mut acc = vec![[[0f32; 16]; 4]; out.len()];
-    for (i, (v, &w)) in values.zip(weights).enumerate() {
-        let p = first + i;
-        let (j, lane) = ((p % 64) / 16, p % 16);
-        for (a, &x) in acc.iter_mut().zip(v) {
-            a[j][lane] = x.mul_add(w, a[j][lane]);
+    let d = out.len();
+    let acc = &mut scratch[..64 * d];
+    acc.fill(0.0);
+    accumulate_lanes(values, weights, first, acc, 64);
+    // Row 16j + l is accumulator j's lane l.
+    let (first_half, second_half) = acc.split_at_mut(32 * d);
+    for l in 0..16 {
+        let (a0, a1) = first_half.split_at_mut(16 * d);
+        let (a2, a3) = second_half.split_at_mut(16 * d);
+        let r = l * d..(l + 1) * d;
+        for (((x0, x1), x2), x3) in
+            a0[r.clone()].iter_mut().zip(&a1[r.clone()]).zip(&a2[r.clone()]).zip(&a3[r])
+        {
+            *x0 = (*x0 + *x2) + (*x1 + *x3);
         }
     }
-    for (o, a) in out.iter_mut().zip(&acc) {
-        *o = reduce_four(a);
-    }
+    reduce16_rows(&mut first_half[..16 * d], out);
 }
 
 /// ggml's AVX-512 `ggml_v_expf`: 2ⁿ·p(b) with a degree-5 polynomial, where n = round(x/ln 2).
 /// Up to ~1.5 ulp from the true value; llama.cpp's softmax and SiLU use it.
+#[inline(always)]
 pub fn ggml_expf(x: f32) -> f32 {
     let c = f32::from_bits;
     let shift = c(0x4b40_0000); // 1.5·2²³: adding it rounds to an integer
@@ -396,8 +481,8 @@ pub fn ggml_expf(x: f32) -> f32 {
         .mul_add(b, c(0x3d2b_9f17))
         .mul_add(u, c(0x3e2a_af33).mul_add(b, c(0x3eff_fedb)))
         .mul_add(u, c(0x3f7f_fff6).mul_add(b, 1.0));
-    // vscalefps: j·2ⁿ rounded once.
-    (j as f64 * 2f64.powi(n as i32)) as f32
+    // vscalefps: j·2ⁿ rounded once (2ⁿ is exact in f64 for |n| ≤ 192).
+    (j as f64 * f64::from_bits(((n as i64 + 1023) as u64) << 52)) as f32
 }
 
 /// The gate's activation in a gated feed-forward layer.
@@ -410,7 +495,7 @@ pub enum Gate {
 }
 
 impl Gate {
-    #[inline]
+    #[inline(always)]
     fn apply(self, g: f32) -> f32 {
         match self {
             Gate::Silu => g / (1.0 + ggml_expf(0.0 - g)),
@@ -441,25 +526,38 @@ impl CustomOp1 for SwiGlu {
         let (rows, width) = layout.shape().dims2()?;
         let n = width / 2;
         let mut out = vec![0f32; rows * n];
-        out.par_chunks_mut(n).zip(data[start..end].par_chunks(width)).for_each(|(o, x)| {
-            let (gate, up) = x.split_at(n);
-            // ggml runs SiLU sixteen at a time with its own expf and the rest with libm's.
-            let vector = n - n % 16;
-            for (i, ((o, &g), u)) in o.iter_mut().zip(gate).zip(up).enumerate() {
-                let act = match self.0 {
-                    Gate::Silu if i >= vector => g / (1.0 + (-g).exp()),
-                    gate => gate.apply(g),
-                };
-                *o = act * u;
-            }
-        });
+        out.par_chunks_mut(n)
+            .zip(data[start..end].par_chunks(width))
+            .for_each(|(o, x)| fast!(self.row_fma(x, o), self.row(x, o)));
         Ok((CpuStorage::F32(out), Shape::from((rows, n))))
+    }
+}
+
+impl SwiGlu {
+    #[inline(always)]
+    fn row(&self, x: &[f32], o: &mut [f32]) {
+        let (gate, up) = x.split_at(o.len());
+        // ggml runs SiLU sixteen at a time with its own expf and the rest with libm's.
+        let vector = o.len() - o.len() % 16;
+        for (i, ((o, &g), u)) in o.iter_mut().zip(gate).zip(up).enumerate() {
+            let act = match self.0 {
+                Gate::Silu if i >= vector => g / (1.0 + (-g).exp()),
+                gate => gate.apply(g),
+            };
+            *o = act * u;
+        }
+    }
+
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+    fn row_fma(&self, x: &[f32], o: &mut [f32]) {
+        self.row(x, o)
     }
 }
 
 /// RMS normalisation with ggml's arithmetic: the squares summed in f64, the mean rounded to
 /// f32, then `(x · 1/√(mean + ε)) · w`. The next layer's activations are quantized to 8 bits,
 /// so a last-bit difference here moves whole quantization steps there.
+#[inline(always)]
 pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let sum: f64 = x.iter().map(|v| (v * v) as f64).sum();
     let mean = (sum / x.len() as f64) as f32;
