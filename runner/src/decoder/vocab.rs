@@ -109,6 +109,26 @@ impl Vocab {
                 ),
             });
         }
+        let (doc, tokens, types) = Self::bpe_tokenizer_json(gguf)?;
+        let tokenizer = Tokenizer::from_bytes(doc.to_string().as_bytes())
+            .map_err(|e| bad(format!("cannot build a tokenizer from the GGUF vocabulary: {e}")))?;
+        let unicode_to_byte = byte_level_decoder();
+        let pieces = tokens
+            .iter()
+            .zip(&types)
+            .map(|(t, &ty)| match ty {
+                TYPE_CONTROL => Vec::new(),
+                TYPE_USER_DEFINED => t.as_bytes().to_vec(),
+                _ => byte_level_bytes(t, &unicode_to_byte),
+            })
+            .collect();
+        Self::from_gguf_parts(gguf, &tokens, &types, pieces, false, Encoder::Hf(Box::new(tokenizer)))
+    }
+
+    /// A byte-level BPE GGUF vocabulary (`tokenizer.ggml.model` = `gpt2`) as the Hugging Face
+    /// `tokenizer.json` that tokenizes like llama.cpp, with the tokens and their types.
+    pub fn bpe_tokenizer_json(gguf: &Gguf) -> Result<(Value, Vec<String>, Vec<i64>), ModelError> {
+        let bad = |detail: String| ModelError::BadFile { path: gguf.path().display().to_string(), detail };
         let tokens =
             gguf.strings("tokenizer.ggml.tokens")?.ok_or_else(|| bad("no tokenizer.ggml.tokens".into()))?;
         let merges = gguf.strings("tokenizer.ggml.merges")?.unwrap_or_default();
@@ -156,19 +176,7 @@ impl Vocab {
                       "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
                       "ignore_merges": false, "vocab": vocab, "merges": merges},
         });
-        let tokenizer = Tokenizer::from_bytes(doc.to_string().as_bytes())
-            .map_err(|e| bad(format!("cannot build a tokenizer from the GGUF vocabulary: {e}")))?;
-        let unicode_to_byte = byte_level_decoder();
-        let pieces = tokens
-            .iter()
-            .zip(&types)
-            .map(|(t, &ty)| match ty {
-                TYPE_CONTROL => Vec::new(),
-                TYPE_USER_DEFINED => t.as_bytes().to_vec(),
-                _ => byte_level_bytes(t, &unicode_to_byte),
-            })
-            .collect();
-        Self::from_gguf_parts(gguf, &tokens, &types, pieces, false, Encoder::Hf(Box::new(tokenizer)))
+        Ok((doc, tokens, types))
     }
 
     /// A SentencePiece vocabulary (`tokenizer.ggml.model` = `llama`): tokens with scores.

@@ -378,3 +378,118 @@ fn logits_equal_llama_cpp_bit_for_bit() {
     }
     assert!(mismatches.is_empty(), "{} logits differ:\n{}", mismatches.len(), mismatches.join("\n"));
 }
+
+/// A Hugging Face Llama folder made from the SmolLM2 GGUF: dequantized weights under their
+/// Hugging Face names (Q and K back in the halves layout Hugging Face rotates), `config.json`,
+/// the vocabulary as `tokenizer.json` and the template in `tokenizer_config.json`.
+fn write_safetensors_folder(dir: &Path) {
+    use barge_runner::decoder::gguf::Gguf;
+    use barge_runner::decoder::vocab::Vocab;
+    let mut g = Gguf::open(gguf()).expect("the GGUF opens");
+    let key = |k: &str| g.usize(&format!("llama.{k}")).expect("metadata").expect(k);
+    let (hidden, layers, heads, kv_heads) = (
+        key("embedding_length"),
+        key("block_count"),
+        key("attention.head_count"),
+        key("attention.head_count_kv"),
+    );
+    let config = serde_json::json!({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+        "hidden_size": hidden, "intermediate_size": key("feed_forward_length"),
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "vocab_size": 49152, "rms_norm_eps": g.f32("llama.attention.layer_norm_rms_epsilon").expect("eps"),
+        "rope_theta": g.f32("llama.rope.freq_base").expect("base"), "max_position_embeddings": 2048,
+        "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": true,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).expect("config.json");
+    let (tokenizer, _, _) = Vocab::bpe_tokenizer_json(&g).expect("a BPE vocabulary");
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).expect("tokenizer.json");
+    let template = g.string("tokenizer.chat_template").expect("metadata").expect("a template");
+    let tokenizer_config = serde_json::json!({
+        "bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": false,
+        "chat_template": template,
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), tokenizer_config.to_string())
+        .expect("tokenizer_config.json");
+
+    let head_dim = hidden / heads;
+    // GGUF stores Q and K rows of each head as interleaved pairs (2i, 2i+1); Hugging Face as
+    // halves (i, i + d/2).
+    let halves = |t: candle_core::Tensor, n: usize| {
+        let cols = t.dim(1).expect("2-D");
+        t.reshape((n, head_dim / 2, 2, cols))
+            .and_then(|t| t.transpose(1, 2))
+            .and_then(|t| t.contiguous())
+            .and_then(|t| t.reshape((n * head_dim, cols)))
+            .expect("reshapes")
+    };
+    let mut tensors = std::collections::HashMap::new();
+    tensors
+        .insert("model.embed_tokens.weight".to_string(), g.tensor("token_embd.weight").expect("embeddings"));
+    tensors.insert("model.norm.weight".to_string(), g.tensor("output_norm.weight").expect("norm"));
+    let parts = [
+        ("attn_norm", "input_layernorm"),
+        ("attn_q", "self_attn.q_proj"),
+        ("attn_k", "self_attn.k_proj"),
+        ("attn_v", "self_attn.v_proj"),
+        ("attn_output", "self_attn.o_proj"),
+        ("ffn_norm", "post_attention_layernorm"),
+        ("ffn_gate", "mlp.gate_proj"),
+        ("ffn_up", "mlp.up_proj"),
+        ("ffn_down", "mlp.down_proj"),
+    ];
+    for i in 0..layers {
+        for (gguf_name, hf_name) in parts {
+            let t = g.tensor(&format!("blk.{i}.{gguf_name}.weight")).expect("a layer tensor");
+            let t = match gguf_name {
+                "attn_q" => halves(t, heads),
+                "attn_k" => halves(t, kv_heads),
+                _ => t,
+            };
+            tensors.insert(format!("model.layers.{i}.{hf_name}.weight"), t);
+        }
+    }
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).expect("model.safetensors");
+}
+
+/// The safetensors path (config, Hugging Face names, halves rotary layout, `tokenizer.json`,
+/// the template from `tokenizer_config.json`) on the same weights: the same prompt ids, and the
+/// same greedy tokens as llama.cpp wherever llama.cpp was sure (f32 activations, no 8-bit
+/// rounding, so near-ties may differ).
+#[test]
+fn a_safetensors_llama_folder_answers_like_its_gguf() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_safetensors_folder(dir.path());
+    let model = decoder::load(dir.path(), &Device::Cpu, Kernels::Quantized).expect("the folder loads");
+    assert_eq!(model.architecture, "llama");
+    let fx = fixture("smollm2_greedy.json");
+    let template = model.template.as_ref().expect("the template from tokenizer_config.json");
+    let mut requests = Vec::new();
+    let mut expected = Vec::new();
+    for (i, chat) in fx["chats"].as_array().expect("chats").iter().enumerate() {
+        let messages: Vec<ChatMessage> = serde_json::from_value(chat["messages"].clone()).expect("messages");
+        let prompt =
+            model.vocab.prompt_ids(&template.render(&messages).expect("renders")).expect("tokenizes");
+        assert_eq!(prompt, ids(&chat["prompt_ids"]), "prompt ids of chat {i}");
+        requests.push(request(i as u64, prompt, 16, greedy()));
+        expected.push(chat);
+    }
+    let results = generate(model, config(32), requests);
+    let mut exact = 0;
+    for (r, want) in results.iter().zip(&expected) {
+        let want_ids = ids(&want["greedy_ids"]);
+        match (0..want_ids.len().min(r.tokens.len())).find(|&i| want_ids[i] != r.tokens[i]) {
+            None => exact += 1,
+            Some(at) => {
+                let margin = want["margins"][at].as_f64().unwrap_or(f64::INFINITY);
+                assert!(
+                    margin < CONFIDENT_MARGIN,
+                    "chat {} differs at token {at} where llama.cpp was sure",
+                    r.tag
+                );
+            }
+        }
+    }
+    eprintln!("safetensors folder: {exact} of {} chats equal llama.cpp's 16 tokens", results.len());
+    assert!(exact * 2 >= results.len(), "only {exact} of {} chats match", results.len());
+}
