@@ -124,24 +124,27 @@ struct Safetensors<'a> {
     path: String,
 }
 
+/// A Llama layer's tensors: GGUF's name and Hugging Face's (`blk.N.<gguf>` is
+/// `model.layers.N.<hf>`).
+pub const LAYER_TENSORS: [(&str, &str); 9] = [
+    ("attn_norm", "input_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
 impl Safetensors<'_> {
     /// The Hugging Face name of a GGUF-named tensor.
     fn hf_name(name: &str) -> String {
-        let map = [
-            ("attn_norm", "input_layernorm"),
-            ("attn_q", "self_attn.q_proj"),
-            ("attn_k", "self_attn.k_proj"),
-            ("attn_v", "self_attn.v_proj"),
-            ("attn_output", "self_attn.o_proj"),
-            ("ffn_norm", "post_attention_layernorm"),
-            ("ffn_gate", "mlp.gate_proj"),
-            ("ffn_up", "mlp.up_proj"),
-            ("ffn_down", "mlp.down_proj"),
-        ];
         if let Some(rest) = name.strip_prefix("blk.") {
             let (layer, rest) = rest.split_once('.').unwrap_or((rest, ""));
             let (part, suffix) = rest.split_once('.').unwrap_or((rest, ""));
-            let part = map.iter().find(|(g, _)| *g == part).map_or(part, |(_, h)| *h);
+            let part = LAYER_TENSORS.iter().find(|(g, _)| *g == part).map_or(part, |(_, h)| *h);
             return format!("model.layers.{layer}.{part}.{suffix}");
         }
         match name {

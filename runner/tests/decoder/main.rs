@@ -427,19 +427,8 @@ fn write_safetensors_folder(dir: &Path) {
     tensors
         .insert("model.embed_tokens.weight".to_string(), g.tensor("token_embd.weight").expect("embeddings"));
     tensors.insert("model.norm.weight".to_string(), g.tensor("output_norm.weight").expect("norm"));
-    let parts = [
-        ("attn_norm", "input_layernorm"),
-        ("attn_q", "self_attn.q_proj"),
-        ("attn_k", "self_attn.k_proj"),
-        ("attn_v", "self_attn.v_proj"),
-        ("attn_output", "self_attn.o_proj"),
-        ("ffn_norm", "post_attention_layernorm"),
-        ("ffn_gate", "mlp.gate_proj"),
-        ("ffn_up", "mlp.up_proj"),
-        ("ffn_down", "mlp.down_proj"),
-    ];
     for i in 0..layers {
-        for (gguf_name, hf_name) in parts {
+        for (gguf_name, hf_name) in barge_runner::decoder::llama::LAYER_TENSORS {
             let t = g.tensor(&format!("blk.{i}.{gguf_name}.weight")).expect("a layer tensor");
             let t = match gguf_name {
                 "attn_q" => halves(t, heads),
