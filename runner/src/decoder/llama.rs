@@ -389,7 +389,30 @@ impl Llama {
         } else {
             (proj(w, &["token_embd.weight".into()])?, None)
         };
-        let rope = Rope::new(cfg.head_dim, cfg.context, cfg.rope_base, cfg.interleaved_rope);
+        // Llama 3.1+ GGUFs carry their long-context rotary scaling as per-frequency divisors.
+        let factors = if w.has("rope_freqs.weight") {
+            let f = vec(w.get("rope_freqs.weight")?)?;
+            if f.len() != cfg.head_dim / 2 {
+                return Err(ModelError::BadFile {
+                    path: "rope_freqs.weight".into(),
+                    detail: format!(
+                        "{} rotary frequency factors for a head size of {}",
+                        f.len(),
+                        cfg.head_dim
+                    ),
+                });
+            }
+            Some(f)
+        } else {
+            None
+        };
+        let rope = Rope::with_factors(
+            cfg.head_dim,
+            cfg.context,
+            cfg.rope_base,
+            cfg.interleaved_rope,
+            factors.as_deref(),
+        );
         let rope_local = cfg
             .gemma
             .as_ref()

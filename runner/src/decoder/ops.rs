@@ -115,15 +115,28 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(head_dim: usize, max_positions: usize, base: f32, interleaved: bool) -> Self {
+        Self::with_factors(head_dim, max_positions, base, interleaved, None)
+    }
+
+    /// With per-frequency divisors (GGUF `rope_freqs.weight`, Llama 3.1's long-context
+    /// scaling): frequency i turns by its angle / `factors[i]`, as ggml applies them.
+    pub fn with_factors(
+        head_dim: usize,
+        max_positions: usize,
+        base: f32,
+        interleaved: bool,
+        factors: Option<&[f32]>,
+    ) -> Self {
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(max_positions * half);
         let mut sin = Vec::with_capacity(max_positions * half);
         let step = base.powf(-2.0 / head_dim as f32);
         for p in 0..max_positions {
             let mut angle = p as f32;
-            for _ in 0..half {
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+            for i in 0..half {
+                let a = factors.map_or(angle, |f| angle / f[i]);
+                cos.push(a.cos());
+                sin.push(a.sin());
                 angle *= step;
             }
         }
@@ -700,6 +713,20 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn frequency_factors_divide_each_frequency_s_angle() {
+        let plain = Rope::new(8, 10, 10000.0, true);
+        let ones = Rope::with_factors(8, 10, 10000.0, true, Some(&[1.0; 4]));
+        assert_eq!((&plain.cos, &plain.sin), (&ones.cos, &ones.sin));
+        let slowed = Rope::with_factors(8, 10, 10000.0, true, Some(&[2.0, 1.0, 1.0, 8.0]));
+        for p in 0..10 {
+            assert_eq!(slowed.cos[p * 4], (p as f32 / 2.0).cos(), "position {p}");
+            assert_eq!(slowed.sin[p * 4 + 1], plain.sin[p * 4 + 1]);
+            let last = (p as f32) * 10000f32.powf(-0.25).powi(3);
+            assert!((slowed.sin[p * 4 + 3] - (last / 8.0).sin()).abs() < 1e-6);
+        }
     }
 
     #[test]
