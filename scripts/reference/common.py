@@ -21,6 +21,18 @@ def model_path(arg=None, name="smollm2"):
     return out.stdout.strip()
 
 
+def detok(llm, ids):
+    """Text of ids, special tokens written out."""
+    return llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
+
+
+def tokenizer_case(llm, text, **fields):
+    """One tokenizer fixture entry: the text, its ids (no BOS, markup as special tokens), the
+    caller's extra fields, and the ids detokenized."""
+    ids = llm.tokenize(text.encode(), add_bos=False, special=True)
+    return {"text": text, "ids": ids, **fields, "detokenized": detok(llm, ids)}
+
+
 def greedy(llm, ids, n_gen, eos):
     """Eval ids from an empty context, then n_gen argmax steps (stop at eos). Returns the ids
     and each step's top-1 minus top-2 logit margin."""

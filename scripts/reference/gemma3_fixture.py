@@ -24,7 +24,7 @@ import sys
 # busy machine (results are the same either way).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import llama_cpp  # noqa: E402
-from common import FIXTURES, greedy, model_path, write_fixture  # noqa: E402
+from common import FIXTURES, detok, greedy, model_path, tokenizer_case, write_fixture  # noqa: E402
 
 N_GEN = 16
 EOS = 1
@@ -81,22 +81,10 @@ COMPLETIONS = [
 ]
 
 
-def detok(llm, ids):
-    return llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
-
-
 def tokenizer_cases(gguf):
     llm = llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
-    cases = []
-    for text in TEXTS:
-        ids = llm.tokenize(text.encode(), add_bos=False, special=True)
-        cases.append({
-            "text": text,
-            "ids": ids,
-            "ids_bos": llm.tokenize(text.encode(), add_bos=True, special=True),
-            "detokenized": detok(llm, ids),
-        })
-    return cases
+    return [tokenizer_case(llm, t, ids_bos=llm.tokenize(t.encode(), add_bos=True, special=True))
+            for t in TEXTS]
 
 
 def completion(llm, prompt):

@@ -14,7 +14,7 @@ special=True).
 import sys
 
 import llama_cpp
-from common import FIXTURES, model_path, write_fixture
+from common import FIXTURES, model_path, tokenizer_case, write_fixture
 
 TEXTS = [
     # plain English
@@ -75,15 +75,8 @@ def main():
     gguf = model_path(sys.argv[1] if len(sys.argv) > 1 else None)
     out = sys.argv[2] if len(sys.argv) > 2 else FIXTURES / "smollm2_tokenizer.json"
     llm = llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
-    cases = []
-    for text in TEXTS:
-        ids = llm.tokenize(text.encode(), add_bos=False, special=True)
-        cases.append({
-            "text": text,
-            "ids": ids,
-            "ids_no_special": llm.tokenize(text.encode(), add_bos=False, special=False),
-            "detokenized": llm.detokenize(ids, special=True).decode("utf-8", errors="replace"),
-        })
+    cases = [tokenizer_case(llm, t, ids_no_special=llm.tokenize(t.encode(), add_bos=False, special=False))
+             for t in TEXTS]
     header = {
         "model": "SmolLM2-135M-Instruct.Q4_1.gguf",
         "generator": f"llama-cpp-python {llama_cpp.__version__}, scripts/reference/tokenizer_fixture.py",

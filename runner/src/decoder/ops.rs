@@ -44,14 +44,11 @@ impl ActQuant {
             ActQuant::None => {}
             ActQuant::F16 => x.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
             ActQuant::Q8Block32 => {
+                // The block kernels' own quantization, turned back into values.
+                let mut q = [0i8; 32];
                 for block in x.chunks_mut(32) {
-                    let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    let d = amax / 127.0;
-                    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-                    // ggml keeps the scale as f16; the integers come from the exact one, rounded half to even
-                    // as its SIMD quantizers do.
-                    let d16 = half::f16::from_f32(d).to_f32();
-                    block.iter_mut().for_each(|v| *v = (*v * id).round_ties_even() * d16);
+                    let (d, _) = super::quant::quantize_block(block, &mut q);
+                    block.iter_mut().zip(&q).for_each(|(v, &q)| *v = q as f32 * d);
                 }
             }
             ActQuant::Q8K => {

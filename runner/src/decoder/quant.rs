@@ -259,18 +259,24 @@ impl QActs {
 #[inline(always)]
 fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
     for (((x, q), d), s) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(d).zip(s) {
-        let max = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let scale = max / 127.0;
-        let inv = if max != 0.0 { 127.0 / max } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, &v) in q.iter_mut().zip(x) {
-            let r = (v * inv).round_ties_even() as i32;
-            *q = r.clamp(-128, 127) as i8;
-            sum += r;
-        }
-        *d = f16::from_f32(scale).to_f32();
-        *s = f16::from_f32(scale * sum as f32).to_f32();
+        (*d, *s) = quantize_block(x, q);
     }
+}
+
+/// One block of activations (up to 32) into `q`, as ggml's AVX2 quantizer does; returns the
+/// f16-rounded scale and block sum `(d, s)`. Also the rounding the f32 path applies.
+#[inline(always)]
+pub(super) fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
+    let max = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let scale = max / 127.0;
+    let inv = if max != 0.0 { 127.0 / max } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, &v) in q.iter_mut().zip(x) {
+        let r = (v * inv).round_ties_even() as i32;
+        *q = r.clamp(-128, 127) as i8;
+        sum += r;
+    }
+    (f16::from_f32(scale).to_f32(), f16::from_f32(scale * sum as f32).to_f32())
 }
 
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]

@@ -18,21 +18,24 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
 }
 
-/// The GGUF (`BARGE_SMOLLM2_GGUF`, else fetched into the cache).
+/// A model file: the path in `env`, else `scripts/fetch-model.sh name` fetches it into the cache.
+fn fetched(env: &str, name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    let out = Command::new(repo_root().join("scripts/fetch-model.sh"))
+        .arg(name)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("runs scripts/fetch-model.sh");
+    assert!(out.status.success(), "fetch-model.sh {name} failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// The SmolLM2 GGUF.
 fn gguf() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(p) = std::env::var_os("BARGE_SMOLLM2_GGUF") {
-            return PathBuf::from(p);
-        }
-        let out = Command::new(repo_root().join("scripts/fetch-model.sh"))
-            .arg("smollm2")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("runs scripts/fetch-model.sh");
-        assert!(out.status.success(), "fetch-model.sh smollm2 failed");
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
+    PATH.get_or_init(|| fetched("BARGE_SMOLLM2_GGUF", "smollm2"))
 }
 
 fn load() -> DecoderModel {
@@ -267,21 +270,10 @@ fn a_small_kv_budget_makes_requests_wait_not_fail_or_change() {
     }
 }
 
-/// The Gemma 3 GGUF (`BARGE_GEMMA3_GGUF`, else fetched into the cache).
+/// The Gemma 3 GGUF.
 fn gemma3() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(p) = std::env::var_os("BARGE_GEMMA3_GGUF") {
-            return PathBuf::from(p);
-        }
-        let out = Command::new(repo_root().join("scripts/fetch-model.sh"))
-            .arg("gemma3")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("runs scripts/fetch-model.sh");
-        assert!(out.status.success(), "fetch-model.sh gemma3 failed");
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
+    PATH.get_or_init(|| fetched("BARGE_GEMMA3_GGUF", "gemma3"))
 }
 
 /// Gemma 3, the second family: SentencePiece vocabulary, no chat template, and greedy
