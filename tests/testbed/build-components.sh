@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the testbed's Kubernetes components from their Go modules into the Barge cache, keyed by
-# version: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and helm.
+# version: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, the node's
+# kubelet and kube-proxy, and helm.
 # Already-built binaries are reused; a cold build takes a long while on two cores.
 # Prints the bin folder on stdout; progress goes to stderr.
 set -euo pipefail
@@ -11,7 +12,7 @@ HELM_VERSION="${HELM_VERSION:-v3.20.2}"
 
 CACHE="${BARGE_CACHE:-$HOME/.cache/barge}"
 BIN="$CACHE/testbed/k8s-$K8S_VERSION-helm-$HELM_VERSION/bin"
-K8S_BINS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)
+K8S_BINS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 
 # A build without the version stamp (see below) counts as missing: kubectl cannot talk version
 # with it.
@@ -63,6 +64,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
   # etcd's own main lives in a module with local replaces too; its server package has the entry
@@ -96,7 +99,7 @@ GO
     done
     go build -ldflags="$ldflags" -o "$tmp/" ./cmd/etcd k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
-      k8s.io/kubernetes/cmd/kubectl >&2
+      k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy >&2
     for b in "${K8S_BINS[@]}"; do mv -f "$tmp/$b" "$BIN/$b"; done
     rmdir "$tmp"
   )

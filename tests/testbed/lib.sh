@@ -28,7 +28,8 @@ MINIO_SECRET_KEY=barge-secret-key
 OWNER_VAR=BARGE_TESTBED_OWNER
 
 # Start order; `down` stops them all at once, so the order only matters for `up`.
-COMPONENTS=(etcd minio kube-apiserver kube-controller-manager kube-scheduler node-agent)
+COMPONENTS=(etcd minio kube-apiserver kube-controller-manager kube-scheduler node-agent containerd
+  kube-proxy kubelet)
 
 log() { echo "testbed: $*" >&2; }
 
@@ -145,6 +146,9 @@ stop_all() {
       return 1
     fi
   fi
+  # A real node's containers outlive the kubelet and containerd: they are stopped apart.
+  kill_pods
+  unmount_node
   rm -f "$STATE"/*.pid
 }
 
@@ -161,3 +165,6 @@ signal_all() {
   [[ $# -gt 0 ]] && shift
   for p in "$@"; do kill "-$sig" -- "$p" 2>/dev/null || true; done
 }
+
+# shellcheck source-path=SCRIPTDIR source=node.sh
+source "$TESTBED_HERE/node.sh"
