@@ -33,11 +33,20 @@ fi
 # shellcheck disable=SC2086
 cargo build --release --workspace --bins $FEATURES
 
-BIN="$CARGO_TARGET_DIR/release"
-export BARGE_NODE_AGENT="$BIN/barge-node-agent"
-# The node agent runs the runner image's pods as local barge-runner processes, on a node that
-# offers 8 GPUs so the real scheduler places GPU pods.
-export BARGE_NODE_AGENT_ARGS="--image ghcr.io/barge-dev/barge-runner=$BIN/barge-runner --gpus 8 --cpu 64 --memory 256Gi"
+# The project's own images, built from this checkout (no registry): the test cluster's node runs
+# every runner, finalize and operator pod in a container from them.
+IMAGES_OUT="$(scripts/build-images.sh)"
+mapfile -t IMAGES <<<"$IMAGES_OUT"
+image_ref() { tar -xOf "$1" index.json | sed -n 's/.*"org.opencontainers.image.ref.name":"\([^"]*\)".*/\1/p'; }
+for archive in "${IMAGES[@]}"; do
+  case "$(basename "$archive")" in
+    barge-runner-[0-9]*) BARGE_E2E_RUNNER_IMAGE="$(image_ref "$archive")" ;;
+    barge-operator-*) BARGE_E2E_OPERATOR_IMAGE="$(image_ref "$archive")" ;;
+  esac
+done
+export BARGE_E2E_RUNNER_IMAGE BARGE_E2E_OPERATOR_IMAGE
+# A real node: containerd, runc, CNI, the kubelet and kube-proxy (tests/testbed/node.sh).
+export BARGE_TESTBED_NODE=kubelet BARGE_TESTBED_IMAGES="${IMAGES[*]}"
 # A control plane that cannot start fails the run: `up` exits non-zero and says which part failed.
 # Assigned first: `eval "$(up)"` alone would ignore a failed `up` and go on without a cluster.
 TESTBED_ENV="$(tests/testbed/up)"

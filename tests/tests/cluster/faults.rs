@@ -36,9 +36,23 @@ pub async fn assert_exactly_once(story: &Story, output: &str, n: usize) {
     assert_eq!(ids.len(), n, "a request is missing");
 }
 
-fn pid_of(pod: &Pod) -> Option<i32> {
-    let id = pod.status.as_ref()?.container_statuses.as_ref()?.first()?.container_id.clone()?;
-    id.strip_prefix("barge://")?.parse().ok()
+/// SIGKILL to a pod's container through the node's containerd, as the kernel's OOM killer or a
+/// crashing process would end it: the kubelet sees the container die, not a deletion.
+fn kill_container(pod: &Pod) {
+    let id = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.container_id.clone())
+        .expect("the kubelet reports the container's id");
+    let id = id.strip_prefix("containerd://").expect("a containerd container id");
+    let killed = std::process::Command::new("ctr")
+        .args(["--address", &env("BARGE_TESTBED_CONTAINERD"), "--namespace", "k8s.io"])
+        .args(["tasks", "kill", "--signal", "SIGKILL", id])
+        .output()
+        .expect("ctr runs");
+    assert!(killed.status.success(), "ctr tasks kill: {}", String::from_utf8_lossy(&killed.stderr));
 }
 
 /// Seconds each runner pod of the job ran, from the pods' own container states.
@@ -71,10 +85,7 @@ async fn a_killed_runner_is_replaced_and_resumes_with_every_request_exactly_once
     long_job(&story, "kill", 600, 1).await;
     wait_completed_at_least(&story, "kill", 80).await;
     let pod = story.pods().get("kill-shard-0").await.expect("runner pod");
-    let pid = pid_of(&pod).expect("the node agent reports the pid in containerID");
-    let killed =
-        std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill runs");
-    assert!(killed.success());
+    kill_container(&pod);
 
     let job = story.wait_phase("kill", "Succeeded", Duration::from_secs(300)).await;
     let st = job.status.expect("status");

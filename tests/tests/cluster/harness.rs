@@ -19,7 +19,6 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client, Config};
 use serde_json::json;
 
-pub const RUNNER_IMAGE: &str = "ghcr.io/barge-dev/barge-runner:e2e";
 pub const MODEL_BUCKET: &str = "barge-e2e-models";
 pub const S3_SECRET: &str = "s3-credentials";
 
@@ -35,6 +34,17 @@ pub fn env(name: &str) -> String {
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     exe.parent().and_then(Path::parent).expect("target/release/deps/<test>").to_path_buf()
+}
+
+/// The runner image the testbed's node imported (scripts/build-images.sh built it from this
+/// checkout): every runner and finalize pod runs in a container from it.
+pub fn runner_image() -> String {
+    env("BARGE_E2E_RUNNER_IMAGE")
+}
+
+/// S3 as pods reach it: the node's address on the pods' network, not the host's loopback.
+pub fn pod_s3_endpoint() -> String {
+    env("BARGE_TESTBED_POD_S3")
 }
 
 pub fn kubeconfig() -> PathBuf {
@@ -97,8 +107,17 @@ impl Story {
         let ns = format!("e2e-{name}-{id}");
         let client = client().await;
         let namespaces: Api<Namespace> = Api::all(client.clone());
+        // Jobs run where the restricted Pod Security Standard is enforced, as a careful cluster
+        // admin sets it up: the API server must admit every pod the operator makes.
         let obj = Namespace {
-            metadata: ObjectMeta { name: Some(ns.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(ns.clone()),
+                labels: Some(BTreeMap::from([(
+                    "pod-security.kubernetes.io/enforce".to_string(),
+                    "restricted".to_string(),
+                )])),
+                ..Default::default()
+            },
             ..Default::default()
         };
         namespaces.create(&PostParams::default(), &obj).await.expect("create namespace");
@@ -149,7 +168,8 @@ impl Story {
         let n = self.operators.len();
         let cfg_path = self.logs.path().join(format!("operator-{n}.yaml"));
         let full = format!(
-            "runnerImage: {RUNNER_IMAGE}\nprogress:\n  pollIntervalSeconds: 1\n  timeoutMilliseconds: 500\n{config}"
+            "runnerImage: {}\nprogress:\n  pollIntervalSeconds: 1\n  timeoutMilliseconds: 500\n{config}",
+            runner_image()
         );
         std::fs::write(&cfg_path, full).expect("write config");
         let log_path = self.logs.path().join(format!("operator-{n}.log"));
@@ -200,8 +220,7 @@ impl Story {
             "model": {"uri": format!("s3://{MODEL_BUCKET}/minilm/"), "name": "all-minilm-l6-v2"},
             "input": {"uri": format!("s3://{}/{input}", self.bucket)},
             "output": {"uri": format!("s3://{}/{output}/", self.bucket)},
-            "storage": {"endpoint": env("AWS_ENDPOINT_URL"), "region": "us-east-1", "credentialsSecret": S3_SECRET},
-            "resources": {"gpus": 1, "gpuType": "nvidia-h100"},
+            "storage": {"endpoint": pod_s3_endpoint(), "region": "us-east-1", "credentialsSecret": S3_SECRET},
         }))
         .expect("valid spec")
     }
@@ -296,8 +315,14 @@ impl Story {
                 let _ = writeln!(out, "{l}");
             }
         }
-        if let Ok(dir) = std::env::var("BARGE_TESTBED_DIR") {
-            let _ = writeln!(out, "--- runner logs: {dir}/node/pods/{}_*/container.log", self.ns);
+        if let Ok(pods) = self.pods().list(&ListParams::default()).await {
+            for p in pods {
+                let name = p.metadata.name.unwrap_or_default();
+                let logs = kubectl(&["logs", "-n", &self.ns, &name, "--tail=40"]);
+                let _ = writeln!(out, "--- logs of pod {name} (last 40 lines):");
+                let _ = out.write_all(&logs.stdout);
+                let _ = out.write_all(&logs.stderr);
+            }
         }
     }
 }

@@ -1,10 +1,12 @@
-//! Running the operator for real: queue limits, two replicas, and the Helm chart's identity.
+//! Running the operator for real: queue limits, two replicas, and the operator as the Helm chart
+//! installs it.
 
 use std::time::Duration;
 
 use barge_api::batchjob::Phase;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
+use kube::api::ListParams;
 
 use crate::harness::*;
 
@@ -93,29 +95,30 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_helm_charts_identity_is_enough_to_run_a_job_and_cannot_read_secrets() {
-    let mut story = Story::new("helm").await;
+async fn the_operator_runs_as_the_chart_installs_it_and_cannot_read_secrets() {
+    let story = Story::new("helm").await;
     let chart = format!("{}/../charts/barge", env!("CARGO_MANIFEST_DIR"));
     let release = format!("barge-{}", &story.ns[story.ns.len() - 6..]);
     let lint = std::process::Command::new("helm").args(["lint", &chart]).output().expect("helm runs");
     assert!(lint.status.success(), "{}", String::from_utf8_lossy(&lint.stdout));
+    let (repo, tag) = split_image(&env("BARGE_E2E_OPERATOR_IMAGE"));
+    let (runner_repo, runner_tag) = split_image(&runner_image());
+    // The chart's own Deployment from the project's image, watching only this story's namespace
+    // so that it stays out of the other stories' way.
     let install = std::process::Command::new("helm")
-        .args([
-            "install",
-            &release,
-            &chart,
-            "-n",
-            &story.ns,
-            "--set",
-            "crds.enabled=false",
-            "--set",
-            "replicas=0",
-        ])
-        .args(["--set", &format!("serviceAccount.name={release}")])
+        .args(["install", &release, &chart, "-n", &story.ns, "--wait", "--timeout", "180s"])
+        .args(["--set", "crds.enabled=false", "--set", &format!("serviceAccount.name={release}")])
+        .args(["--set", &format!("image.repository={repo}"), "--set", &format!("image.tag={tag}")])
+        .args(["--set", &format!("runner.image.repository={runner_repo}")])
+        .args(["--set", &format!("runner.image.tag={runner_tag}")])
+        .args(["--set", &format!("watchNamespace={}", story.ns), "--set", "progress.pollIntervalSeconds=1"])
         .env("KUBECONFIG", kubeconfig())
         .output()
         .expect("helm runs");
-    assert!(install.status.success(), "{}", String::from_utf8_lossy(&install.stderr));
+    if !install.status.success() {
+        story.dump().await;
+        panic!("helm install: {}", String::from_utf8_lossy(&install.stderr));
+    }
     let sa = format!("system:serviceaccount:{}:{release}", story.ns);
     let can = |verb: &str, what: &str| {
         let out = kubectl(&["auth", "can-i", verb, what, "--as", &sa, "-n", &story.ns]);
@@ -126,21 +129,34 @@ async fn the_helm_charts_identity_is_enough_to_run_a_job_and_cannot_read_secrets
     assert!(!can("get", "secrets"), "the operator must never read Secrets");
     assert!(!can("create", "deployments"));
 
-    // The operator runs as that ServiceAccount, through impersonation.
-    let kc = story.logs.path().join("impersonating.kubeconfig");
-    let admin = std::fs::read_to_string(kubeconfig()).expect("kubeconfig");
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(&admin).expect("yaml");
-    for user in doc["users"].as_sequence_mut().expect("users") {
-        user["user"]["as"] = serde_yaml::Value::String(sa.clone());
-        user["user"]["as-groups"] =
-            serde_yaml::to_value(["system:serviceaccounts", "system:authenticated"]).expect("yaml");
-    }
-    std::fs::write(&kc, serde_yaml::to_string(&doc).expect("yaml")).expect("write kubeconfig");
-    story.start_operator_with_kubeconfig("", &[], &kc);
+    // `helm --wait` returned once the Deployment was Available: its pod is Ready, which the
+    // operator reports only after it reached the API server with its ServiceAccount token.
+    let operator = story
+        .pods()
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={release}")))
+        .await
+        .expect("list operator pods");
+    let operator = operator.items.first().expect("the operator's pod");
+    let container = &operator.spec.as_ref().expect("spec").containers[0];
+    assert_eq!(container.image.as_deref(), Some(env("BARGE_E2E_OPERATOR_IMAGE").as_str()));
+
     story.put("in.jsonl", requests(5, "h")).await;
     story.create("charted", story.spec("in.jsonl", "out")).await;
     story.wait_phase("charted", "Succeeded", Duration::from_secs(180)).await;
     let events =
         kubectl(&["get", "events", "-n", &story.ns, "--field-selector", "reason=Succeeded", "-o", "name"]);
     assert!(!String::from_utf8_lossy(&events.stdout).trim().is_empty(), "the operator could publish Events");
+    let name = operator.metadata.name.clone().expect("pod name");
+    let logs = kubectl(&["logs", "-n", &story.ns, &name]);
+    assert!(logs.status.success(), "kubectl logs: {}", String::from_utf8_lossy(&logs.stderr));
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("charted"),
+        "the operator's log, read through the kubelet, tells of the job"
+    );
+}
+
+/// `repo/name:tag` into the chart's repository and tag values.
+fn split_image(image: &str) -> (String, String) {
+    let (repo, tag) = image.rsplit_once(':').expect("an image with a tag");
+    (repo.to_string(), tag.to_string())
 }
