@@ -36,8 +36,10 @@ cargo build --release --workspace --bins $FEATURES
 BIN="$CARGO_TARGET_DIR/release"
 export BARGE_NODE_AGENT="$BIN/barge-node-agent"
 # The node agent runs the runner image's pods as local barge-runner processes, on a node that
-# offers 8 GPUs so the real scheduler places GPU pods.
-export BARGE_NODE_AGENT_ARGS="--image ghcr.io/barge-dev/barge-runner=$BIN/barge-runner --gpus 8 --cpu 64 --memory 256Gi"
+# offers 8 GPUs so the real scheduler places GPU pods; the GPUs are pretend, so runner-on-cpu
+# turns the `--device cuda` of GPU pods into `--device cpu`.
+export BARGE_TESTBED_RUNNER="$BIN/barge-runner"
+export BARGE_NODE_AGENT_ARGS="--image ghcr.io/barge-dev/barge-runner=$PWD/tests/testbed/runner-on-cpu --pass-env BARGE_TESTBED_RUNNER --gpus 8 --cpu 64 --memory 256Gi"
 # A control plane that cannot start fails the run: `up` exits non-zero and says which part failed.
 # Assigned first: `eval "$(up)"` alone would ignore a failed `up` and go on without a cluster.
 TESTBED_ENV="$(tests/testbed/up)"
