@@ -78,9 +78,22 @@ pub fn shard_pod(job: &BatchJob, index: u32, cfg: &Config) -> Pod {
             args.extend(["--defaults".into(), json]);
         }
     }
+    args.extend(["--device".into(), runner_device(job).into()]);
     let mut env = vec![field_env("POD_IP", "status.podIP")];
     env.extend(storage_env(job));
     pod(job, shard_pod_name(name, index), "runner", Some(index), args, env, cfg, true)
+}
+
+/// The runner's `--device`, never left to its `auto`: a job that holds GPUs must run on one, and
+/// fails at once when the pod cannot use it rather than quietly paying for an idle GPU; a job
+/// without GPUs runs on the CPU even on a GPU node whose runtime exposes every GPU to every
+/// container (NVIDIA's `NVIDIA_VISIBLE_DEVICES=all` images), where `auto` would take a GPU the
+/// scheduler never gave it.
+fn runner_device(job: &BatchJob) -> &'static str {
+    match &job.spec.resources {
+        Some(r) if r.gpus > 0 => "cuda",
+        _ => "cpu",
+    }
 }
 
 /// The pod that merges every shard's output. `partial` merges what is there even though some
@@ -364,6 +377,17 @@ mod tests {
         assert!(!limits.contains_key("nvidia.com/gpu"));
         let args = container(&fin).args.clone().expect("args").join(" ");
         assert_eq!(args, "finalize --output s3://out/chat/ --shards 1 --partial");
+    }
+
+    #[test]
+    fn runners_use_the_gpu_their_job_asks_for_and_the_cpu_otherwise() {
+        let device = |job: &BatchJob| {
+            let args = container(&shard_pod(job, 0, &Config::default())).args.clone().expect("args");
+            let at = args.iter().position(|a| a == "--device").expect("a --device flag");
+            args[at + 1].clone()
+        };
+        assert_eq!(device(&JobBuilder::new("chat").gpus(1, "nvidia-h100").build()), "cuda");
+        assert_eq!(device(&JobBuilder::new("emb").build()), "cpu");
     }
 
     #[test]

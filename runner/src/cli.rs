@@ -7,6 +7,7 @@ use barge_api::ShardId;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Map, Value};
 
+use crate::device::DeviceChoice;
 use crate::location::Location;
 use crate::storage::S3Options;
 
@@ -122,6 +123,12 @@ pub struct RunArgs {
     /// Lines read ahead and sorted by length before batching; also the checkpoint interval.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub window: u32,
+
+    /// Where inference runs: `auto` (the first CUDA GPU when this binary is built with CUDA and
+    /// the machine has a usable one, else the CPU), `cpu`, or `cuda` / `cuda:N` (that GPU; a run
+    /// that cannot have it fails at once, saying why).
+    #[arg(long, default_value_t = DeviceChoice::Auto, env = "BARGE_DEVICE")]
+    pub device: DeviceChoice,
 
     /// CPU threads for inference [default: all cores].
     #[arg(long, env = "BARGE_THREADS", value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -256,8 +263,23 @@ mod tests {
     }
 
     #[test]
+    fn the_device_defaults_to_auto_and_takes_a_gpu_number() {
+        let device = |extra: &[&str]| {
+            let mut args = vec!["barge-runner", "run", "--model", "m", "--input", "i", "--output", "o"];
+            args.extend(extra);
+            let cli = Cli::try_parse_from(args).expect("parses");
+            let Command::Run(args) = cli.command else { panic!("a run") };
+            args.device
+        };
+        assert_eq!(device(&[]), DeviceChoice::Auto);
+        assert_eq!(device(&["--device", "cpu"]), DeviceChoice::Cpu);
+        assert_eq!(device(&["--device", "cuda:1"]), DeviceChoice::Cuda(1));
+    }
+
+    #[test]
     fn rejects_bad_values_with_their_names() {
         for (flag, value, needle) in [
+            ("--device", "gpu:0", "unknown device `gpu:0`"),
             ("--shard", "3/3", "shard `3/3`"),
             ("--defaults", "[1]", "JSON object"),
             ("--input", "gs://x/y", "gs://x/y"),

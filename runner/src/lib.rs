@@ -7,6 +7,7 @@ pub mod batcher;
 pub mod cli;
 pub mod clock;
 pub mod decoder;
+pub mod device;
 pub mod generation;
 pub mod input;
 pub mod location;

@@ -140,6 +140,7 @@ async fn run(args: RunArgs, bar: bool) -> ExitCode {
         input: args.input,
         output: args.output,
         shard: args.shard,
+        device: args.device,
         batching: Batching {
             max_batch_size: args.max_batch_size as usize,
             max_batch_tokens: args.max_batch_tokens as usize,

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::backend::{BackendError, Batch, Embedder, NullEmbedder, TextTokenizer};
 use crate::batcher;
 use crate::decoder::engine::EngineConfig;
+use crate::device::{DeviceChoice, DeviceError};
 use crate::input::generation::Format;
 use crate::input::lines::{Line, LineBody, LineReader};
 use crate::input::openai::{EmbeddingInput, EncodingFormat, parse_line};
@@ -45,6 +46,8 @@ pub struct RunConfig {
     pub input: Location,
     pub output: Location,
     pub shard: ShardId,
+    /// Where inference runs; checked before anything else.
+    pub device: DeviceChoice,
     pub batching: Batching,
     pub defaults: Map<String, Value>,
     pub max_line_bytes: usize,
@@ -82,6 +85,8 @@ pub enum RunError {
     Fetch(#[from] FetchError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error("the Anthropic format needs a chat model, and {model} is an embedding model")]
     FormatNeedsDecoder { model: String },
     #[error("the input {uri} does not exist")]
@@ -145,6 +150,8 @@ fn model_name(cfg: &RunConfig) -> String {
 
 /// Runs one shard to its end (or to a stop request), then finalizes when it is the only shard.
 pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
+    // First: a GPU that was asked for and is not there fails the run before any download.
+    let device = crate::device::select(cfg.device)?;
     let stores = open_stores(&cfg).await?;
     let input_meta = stores
         .input
@@ -206,7 +213,6 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
         return Ok(already_done(cfg.shard, cp.counts, None));
     }
 
-    let device = models::device();
     let model_dir = resolved.dir.clone();
     let kernels = cfg.kernels;
     let load_started = Instant::now();

@@ -58,15 +58,6 @@ struct ArchitectureProbe {
     architectures: Vec<String>,
 }
 
-/// The device inference runs on: the first CUDA GPU when built with `cuda` and one is there.
-pub fn device() -> Device {
-    #[cfg(feature = "cuda")]
-    if let Ok(device) = Device::new_cuda(0) {
-        return device;
-    }
-    Device::Cpu
-}
-
 /// Loads the model in `dir` (a local folder: S3 models are fetched into the cache first).
 pub fn load(dir: &Path, device: &Device) -> Result<EmbeddingModel, ModelError> {
     if dir.is_file() {

@@ -4,6 +4,7 @@
 mod common;
 
 mod chat;
+mod cuda_build;
 mod embeddings;
 mod malformed;
 mod resume;
