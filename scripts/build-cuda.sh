@@ -90,13 +90,22 @@ log "building barge-runner --features cuda,openblas into $CARGO_TARGET_DIR (cold
 # would change every crate's fingerprint, and a build without it would rebuild them all.
 cargo rustc --release --locked -p barge-runner --bin barge-runner \
   --features barge-runner/cuda,barge-runner/openblas -- -C "link-arg=-Wl,-rpath,$ROOT/lib" >&2
-BIN="$CARGO_TARGET_DIR/release/barge-runner"
-
-NEEDED="$(readelf -d "$BIN" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')"
+BUILT="$CARGO_TARGET_DIR/release/barge-runner"
+NEEDED="$(readelf -d "$BUILT" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')"
 log "needs: $NEEDED"
 if [[ " $NEEDED " == *" libcuda.so"* ]]; then
   log "error: the binary links libcuda, so it cannot start without an NVIDIA driver."
   log "cudarc was compiled without cuda-rustc-wrapper.sh; rebuild it: cargo clean -p cudarc"
   exit 1
 fi
+# A CPU build into the same target dir (cargo test, say) puts its own barge-runner in release/,
+# and cargo may not put this one back when nothing of it changed.
+if [[ " $NEEDED " != *" libcudart.so"* ]]; then
+  log "error: $BUILT is not the CUDA build; touch runner/src/main.rs and run this again"
+  exit 1
+fi
+# So the CUDA binary gets a place of its own.
+BIN="$CARGO_TARGET_DIR/cuda/barge-runner"
+mkdir -p "$(dirname "$BIN")"
+cp -p "$BUILT" "$BIN"
 echo "$BIN"
