@@ -80,8 +80,14 @@ kill_pods() {
 unmount_node() {
   [[ -d "$NODE_DIR" ]] || return 0
   local mnt
-  awk '{print $2}' /proc/self/mounts | grep -F "$NODE_DIR/" | sort -r | while read -r mnt; do
+  # awk, not grep: no match must not fail the pipeline under pipefail.
+  awk -v dir="$NODE_DIR/" 'index($2, dir) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r mnt; do
     umount -l "$mnt" 2>/dev/null || true
+  done
+  # runc's records of the killed containers (containerd's runc root for the k8s.io namespace).
+  local id
+  for id in $(runc --root /run/containerd/runc/k8s.io list -q 2>/dev/null); do
+    runc --root /run/containerd/runc/k8s.io delete --force "$id" 2>/dev/null || true
   done
   # containerd keeps sandbox network namespaces under /run/netns (cni-<uuid>).
   for mnt in /run/netns/cni-*; do
