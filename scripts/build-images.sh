@@ -11,7 +11,8 @@
 #
 # The images go into local container storage (buildah/podman, as ghcr.io/barge-dev/NAME:VERSION)
 # and into OCI archives under $BARGE_CACHE/images/; stdout carries one archive path per line.
-# --push REGISTRY also pushes them as REGISTRY/NAME:VERSION (buildah's registry credentials, e.g.
+# $BARGE_CACHE/images/refs.env names the images built last (BARGE_OPERATOR_IMAGE=REF, …) for
+# scripts that import them. --push REGISTRY also pushes them as REGISTRY/NAME:VERSION (buildah's registry credentials, e.g.
 # `buildah login REGISTRY` first). Progress goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,6 +64,9 @@ log "building the binaries (release)"
 # shellcheck disable=SC2086
 cargo build --release --workspace --bins $FEATURES >&2
 
+REFS="$OUT/refs.env"
+: >"$REFS.tmp"
+
 # image NAME DOCKERFILE BINARY [LIBRARY...]: build one image and write its archive.
 image() {
   local name="$1" dockerfile="$2" binary="$3" work ref archive
@@ -84,6 +88,8 @@ image() {
     log "pushing $push/$name:$VERSION"
     buildah push --quiet "$ref" "docker://$push/$name:$VERSION" >&2
   fi
+  # barge-runner-cuda -> BARGE_RUNNER_CUDA_IMAGE
+  printf '%s_IMAGE=%q\n' "$(echo "$name" | tr 'a-z-' 'A-Z_')" "$ref" >>"$REFS.tmp"
   echo "$archive"
 }
 
@@ -102,3 +108,4 @@ if [[ $cuda -eq 1 ]]; then
   done
   image barge-runner-cuda docker/runner-cuda.Dockerfile "$cuda_bin" "${cuda_libs[@]}"
 fi
+mv -f "$REFS.tmp" "$REFS"

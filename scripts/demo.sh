@@ -31,13 +31,9 @@ GGUF="$(scripts/fetch-model.sh smollm2)"
 say "building the images (scripts/build-images.sh)"
 IMAGES_OUT="$(scripts/build-images.sh)"
 mapfile -t IMAGES <<<"$IMAGES_OUT"
-image_ref() { tar -xOf "$1" index.json | sed -n 's/.*"org.opencontainers.image.ref.name":"\([^"]*\)".*/\1/p'; }
-for archive in "${IMAGES[@]}"; do
-  case "$(basename "$archive")" in
-    barge-runner-[0-9]*) RUNNER_IMAGE="$(image_ref "$archive")" ;;
-    barge-operator-*) OPERATOR_IMAGE="$(image_ref "$archive")" ;;
-  esac
-done
+# shellcheck source=/dev/null
+source "$BARGE_CACHE/images/refs.env"
+RUNNER_IMAGE="$BARGE_RUNNER_IMAGE" OPERATOR_IMAGE="$BARGE_OPERATOR_IMAGE"
 
 say "bringing the cluster up (tests/testbed/up: etcd, the control plane, MinIO, a kubelet node)"
 export BARGE_TESTBED_NODE=kubelet BARGE_TESTBED_IMAGES="${IMAGES[*]}"

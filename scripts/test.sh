@@ -37,13 +37,9 @@ cargo build --release --workspace --bins $FEATURES
 # every runner, finalize and operator pod in a container from them.
 IMAGES_OUT="$(scripts/build-images.sh)"
 mapfile -t IMAGES <<<"$IMAGES_OUT"
-image_ref() { tar -xOf "$1" index.json | sed -n 's/.*"org.opencontainers.image.ref.name":"\([^"]*\)".*/\1/p'; }
-for archive in "${IMAGES[@]}"; do
-  case "$(basename "$archive")" in
-    barge-runner-[0-9]*) BARGE_E2E_RUNNER_IMAGE="$(image_ref "$archive")" ;;
-    barge-operator-*) BARGE_E2E_OPERATOR_IMAGE="$(image_ref "$archive")" ;;
-  esac
-done
+# shellcheck source=/dev/null
+source "$BARGE_CACHE/images/refs.env"
+BARGE_E2E_RUNNER_IMAGE="$BARGE_RUNNER_IMAGE" BARGE_E2E_OPERATOR_IMAGE="$BARGE_OPERATOR_IMAGE"
 export BARGE_E2E_RUNNER_IMAGE BARGE_E2E_OPERATOR_IMAGE
 # A real node: containerd, runc, CNI, the kubelet and kube-proxy (tests/testbed/node.sh).
 export BARGE_TESTBED_NODE=kubelet BARGE_TESTBED_IMAGES="${IMAGES[*]}"
