@@ -43,16 +43,33 @@ fn run_binary(binary: &Path, input: &Path, output: &Path, extra: &[&str]) -> Out
         .unwrap_or_else(|e| panic!("{} does not start: {e}", binary.display()))
 }
 
-#[test]
-fn the_cuda_build_without_a_gpu_embeds_like_the_cpu_build() {
-    let Some(cuda) = cuda_runner("the_cuda_build_without_a_gpu_embeds_like_the_cpu_build") else { return };
+/// The CUDA build and `requests` embedding requests in a fresh folder, on a machine without an
+/// NVIDIA driver; `None` (with a note) when the build is not named or a driver is there.
+struct Case {
+    cuda: PathBuf,
+    dir: tempfile::TempDir,
+    input: PathBuf,
+}
+
+fn gpu_less_case(test: &str, requests: usize) -> Option<Case> {
+    let cuda = cuda_runner(test)?;
     if has_nvidia_driver() {
-        eprintln!("skipped: this machine has an NVIDIA driver, so `auto` would take its GPU");
-        return;
+        eprintln!("{test}: skipped, this machine has an NVIDIA driver (`auto` would take its GPU)");
+        return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("in.jsonl");
-    write_requests(&input, 40);
+    write_requests(&input, requests);
+    Some(Case { cuda, dir, input })
+}
+
+#[test]
+fn the_cuda_build_without_a_gpu_embeds_like_the_cpu_build() {
+    let Some(Case { cuda, dir, input }) =
+        gpu_less_case("the_cuda_build_without_a_gpu_embeds_like_the_cpu_build", 40)
+    else {
+        return;
+    };
     let cpu_out = dir.path().join("cpu");
     let cpu = run_binary(Path::new(env!("CARGO_BIN_EXE_barge-runner")), &input, &cpu_out, &[]);
     assert!(cpu.status.success(), "the CPU build failed: {}", String::from_utf8_lossy(&cpu.stderr));
@@ -76,16 +93,11 @@ fn the_cuda_build_without_a_gpu_embeds_like_the_cpu_build() {
 
 #[test]
 fn the_cuda_build_asked_for_a_missing_gpu_fails_at_once_and_says_why() {
-    let Some(cuda) = cuda_runner("the_cuda_build_asked_for_a_missing_gpu_fails_at_once_and_says_why") else {
+    let Some(Case { cuda, dir, input }) =
+        gpu_less_case("the_cuda_build_asked_for_a_missing_gpu_fails_at_once_and_says_why", 4)
+    else {
         return;
     };
-    if has_nvidia_driver() {
-        eprintln!("skipped: this machine has an NVIDIA driver");
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("in.jsonl");
-    write_requests(&input, 4);
     let out = dir.path().join("out");
     let started = Instant::now();
     let run = run_binary(&cuda, &input, &out, &["--device", "cuda"]);
