@@ -7,6 +7,37 @@ a second release in the same cluster would fight the first over every job.
 barge-operator
 {{- end }}
 
+{{/*
+Cluster-scoped objects: fixed for the cluster-wide operator; with `watchNamespace` they carry the
+release namespace, so that namespaced releases do not claim each other's objects.
+*/}}
+{{- define "barge.clusterObjectName" -}}
+{{- if .Values.watchNamespace -}}
+{{ include "barge.name" . }}-{{ .Release.Namespace }}
+{{- else -}}
+{{ include "barge.name" . }}
+{{- end -}}
+{{- end }}
+
+{{/* The rights on the BatchJobs it reconciles and their pods, cluster-wide or in one namespace. */}}
+{{- define "barge.jobRules" -}}
+- apiGroups: ["barge.dev"]
+  resources: ["batchjobs"]
+  verbs: ["get", "list", "watch", "patch", "update", "delete"]
+- apiGroups: ["barge.dev"]
+  resources: ["batchjobs/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
 {{- define "barge.chart" -}}
 {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}

@@ -36,25 +36,6 @@ pub async fn assert_exactly_once(story: &Story, output: &str, n: usize) {
     assert_eq!(ids.len(), n, "a request is missing");
 }
 
-/// SIGKILL to a pod's container through the node's containerd, as the kernel's OOM killer or a
-/// crashing process would end it: the kubelet sees the container die, not a deletion.
-fn kill_container(pod: &Pod) {
-    let id = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.first())
-        .and_then(|c| c.container_id.clone())
-        .expect("the kubelet reports the container's id");
-    let id = id.strip_prefix("containerd://").expect("a containerd container id");
-    let killed = std::process::Command::new("ctr")
-        .args(["--address", &env("BARGE_TESTBED_CONTAINERD"), "--namespace", "k8s.io"])
-        .args(["tasks", "kill", "--signal", "SIGKILL", id])
-        .output()
-        .expect("ctr runs");
-    assert!(killed.status.success(), "ctr tasks kill: {}", String::from_utf8_lossy(&killed.stderr));
-}
-
 /// Seconds each runner pod of the job ran, from the pods' own container states.
 fn runner_seconds(pods: &[Pod]) -> f64 {
     pods.iter()
@@ -81,7 +62,7 @@ fn runner_seconds(pods: &[Pod]) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_runner_is_replaced_and_resumes_with_every_request_exactly_once() {
     let mut story = Story::new("killed-runner").await;
-    story.start_operator("", &[]);
+    story.install_operator(&[]).await;
     long_job(&story, "kill", 600, 1).await;
     wait_completed_at_least(&story, "kill", 80).await;
     let pod = story.pods().get("kill-shard-0").await.expect("runner pod");
@@ -98,19 +79,25 @@ async fn a_killed_runner_is_replaced_and_resumes_with_every_request_exactly_once
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_operator_killed_mid_job_is_replaced_and_the_job_finishes_with_cost_counted_once() {
+async fn an_operator_killed_mid_job_is_restarted_and_the_job_finishes_with_cost_counted_once() {
     let mut story = Story::new("operator-restart").await;
-    let first = story.start_operator("", &[]);
+    story.install_operator(&[]).await;
     long_job(&story, "steady", 400, 2).await;
     wait_completed_at_least(&story, "steady", 40).await;
-    story.operators[first].kill();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    story.start_operator("", &[]);
+    let operator = story.operator_pods().await.into_iter().next().expect("the operator's pod");
+    kill_container(&operator);
 
     let job = story.wait_phase("steady", "Succeeded", Duration::from_secs(300)).await;
     let st = job.status.expect("status");
     assert_eq!(st.request_counts.completed, 400);
     assert_exactly_once(&story, "steady-out", 400).await;
+    let restarts: i32 = story
+        .operator_pods()
+        .await
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref()?.first().map(|c| c.restart_count))
+        .sum();
+    assert_eq!(restarts, 1, "the kubelet restarted the killed operator once");
     let pods = story.pods().list(&Default::default()).await.expect("pods").items;
     let truth = runner_seconds(&pods);
     let counted = st.cost.expect("cost").unit_seconds;

@@ -1,15 +1,15 @@
-//! The test cluster as the scenarios use it: a namespace per story, the real operator and
-//! runner binaries, MinIO buckets, and waits with timeouts that dump what the cluster saw when
-//! they run out.
+//! The test cluster as the scenarios use it: a namespace per story with the operator installed
+//! there by the Helm chart, pods in containers from the project's images, MinIO buckets, and
+//! waits with timeouts that dump what the cluster saw when they run out.
 //!
-//! Needs `tests/testbed/up` to have run (the README's test command does that) and
-//! `BARGE_E2E_KUBECONFIG` to point at its kubeconfig. `BARGE_E2E_KEEP=1` keeps namespaces and
-//! operator logs after a run, for debugging.
+//! Needs `tests/testbed/up` to have run with the kubelet node (the README's test command does
+//! that) and `BARGE_E2E_KUBECONFIG` to point at its kubeconfig. `BARGE_E2E_KEEP=1` keeps the
+//! namespaces and their operator releases after a run, for debugging.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -90,15 +90,40 @@ fn short_id() -> String {
     format!("{:x}", (nanos ^ u128::from(std::process::id()) << 32) & 0xff_ffff)
 }
 
-/// One user story's world: a namespace, a bucket, a credentials Secret, and an operator.
+/// Jobs and the operator run where the restricted Pod Security Standard is enforced, as a careful
+/// cluster admin sets it up: the API server must admit every pod of theirs.
+async fn create_restricted_namespace(client: &Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let obj = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([(
+                "pod-security.kubernetes.io/enforce".to_string(),
+                "restricted".to_string(),
+            )])),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    namespaces.create(&PostParams::default(), &obj).await.expect("create namespace");
+}
+
+/// The Helm release of a story's operator: one per story.
+pub const RELEASE: &str = "barge";
+
+/// One user story's world: a namespace, a bucket, a credentials Secret, and the operator the
+/// chart installs there.
 pub struct Story {
     pub name: String,
     pub ns: String,
+    /// Where the story's operator is installed, apart from its jobs as on a real cluster.
+    pub operator_ns: String,
     pub bucket: String,
     pub client: Client,
     pub s3: aws_sdk_s3::Client,
-    pub logs: tempfile::TempDir,
-    pub operators: Vec<Operator>,
+    /// Scratch files of the story (specs, downloads).
+    pub scratch: tempfile::TempDir,
+    installed: bool,
 }
 
 impl Story {
@@ -106,21 +131,7 @@ impl Story {
         let id = short_id();
         let ns = format!("e2e-{name}-{id}");
         let client = client().await;
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        // Jobs run where the restricted Pod Security Standard is enforced, as a careful cluster
-        // admin sets it up: the API server must admit every pod the operator makes.
-        let obj = Namespace {
-            metadata: ObjectMeta {
-                name: Some(ns.clone()),
-                labels: Some(BTreeMap::from([(
-                    "pod-security.kubernetes.io/enforce".to_string(),
-                    "restricted".to_string(),
-                )])),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        namespaces.create(&PostParams::default(), &obj).await.expect("create namespace");
+        create_restricted_namespace(&client, &ns).await;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         let secret = Secret {
             metadata: ObjectMeta { name: Some(S3_SECRET.into()), ..Default::default() },
@@ -137,12 +148,13 @@ impl Story {
         ensure_model(&s3).await;
         Story {
             name: name.into(),
+            operator_ns: format!("{ns}-op"),
             ns,
             bucket,
             client,
             s3,
-            logs: tempfile::Builder::new().prefix("barge-e2e-").tempdir().expect("tempdir"),
-            operators: Vec::new(),
+            scratch: tempfile::Builder::new().prefix("barge-e2e-").tempdir().expect("tempdir"),
+            installed: false,
         }
     }
 
@@ -154,39 +166,51 @@ impl Story {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
-    /// Starts an operator that watches this story's namespace. `config` is its YAML config.
-    pub fn start_operator(&mut self, config: &str, extra: &[&str]) -> usize {
-        self.start_operator_with_kubeconfig(config, extra, &kubeconfig())
+    /// Installs the operator with the chart, as a user does: `helm install --wait` returns once
+    /// the Deployment is Available, its pod running from the project's image on its
+    /// ServiceAccount token. It lives in `operator_ns` and watches only the story's namespace
+    /// (`watchNamespace`), so the stories stay out of each other's way. `values` are the story's
+    /// own values, as `--set-json` pairs (`pricing.cpuPerHour=3.6`: a plain `--set` would make that a
+    /// string, which the chart's schema refuses).
+    pub async fn install_operator(&mut self, values: &[&str]) {
+        create_restricted_namespace(&self.client, &self.operator_ns).await;
+        let chart = format!("{}/../charts/barge", env!("CARGO_MANIFEST_DIR"));
+        let (repo, tag) = split_image(&env("BARGE_E2E_OPERATOR_IMAGE"));
+        let (runner_repo, runner_tag) = split_image(&runner_image());
+        let set = vec![
+            "crds.enabled=false".to_string(),
+            // The cluster's one set of user roles is not the stories' to own.
+            "rbac.userRoles.enabled=false".to_string(),
+            format!("image.repository={repo}"),
+            format!("image.tag={tag}"),
+            format!("runner.image.repository={runner_repo}"),
+            format!("runner.image.tag={runner_tag}"),
+            format!("watchNamespace={}", self.ns),
+            "progress.pollIntervalSeconds=1".to_string(),
+            "progress.timeoutMilliseconds=500".to_string(),
+            r"logLevel=info\,barge_operator=debug".to_string(),
+        ];
+        let mut helm = Command::new("helm");
+        helm.args(["install", RELEASE, &chart, "-n", &self.operator_ns, "--wait", "--timeout", "180s"]);
+        for v in &set {
+            helm.args(["--set", v]);
+        }
+        for v in values {
+            helm.args(["--set-json", v]);
+        }
+        let out = helm.env("KUBECONFIG", kubeconfig()).output().expect("helm runs");
+        self.installed = true;
+        if !out.status.success() {
+            self.dump().await;
+            panic!("helm install: {}", String::from_utf8_lossy(&out.stderr));
+        }
     }
 
-    pub fn start_operator_with_kubeconfig(
-        &mut self,
-        config: &str,
-        extra: &[&str],
-        kubeconfig: &Path,
-    ) -> usize {
-        let n = self.operators.len();
-        let cfg_path = self.logs.path().join(format!("operator-{n}.yaml"));
-        let full = format!(
-            "runnerImage: {}\nprogress:\n  pollIntervalSeconds: 1\n  timeoutMilliseconds: 500\n{config}",
-            runner_image()
-        );
-        std::fs::write(&cfg_path, full).expect("write config");
-        let log_path = self.logs.path().join(format!("operator-{n}.log"));
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(bin_dir().join("barge-operator"))
-            .arg("--config")
-            .arg(&cfg_path)
-            .args(["--namespace", &self.ns, "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,barge_operator=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start barge-operator");
-        self.operators.push(Operator { child: Some(child), log: log_path });
-        n
+    /// The operator's pods, as the chart's Deployment made them.
+    pub async fn operator_pods(&self) -> Vec<Pod> {
+        let selector = format!("app.kubernetes.io/name=barge-operator,app.kubernetes.io/instance={RELEASE}");
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.operator_ns);
+        pods.list(&ListParams::default().labels(&selector)).await.expect("list operator pods").items
     }
 
     pub async fn put(&self, key: &str, body: impl Into<Vec<u8>>) {
@@ -307,61 +331,80 @@ impl Story {
                 );
             }
         }
-        for op in &self.operators {
-            let log = std::fs::read_to_string(&op.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            let _ = writeln!(out, "--- operator log {} (last 60 lines):", op.log.display());
-            for l in tail.iter().rev() {
-                let _ = writeln!(out, "{l}");
+        for ns in [&self.ns, &self.operator_ns] {
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+            for p in pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+                pod_logs(&mut out, ns, &p);
             }
         }
-        if let Ok(pods) = self.pods().list(&ListParams::default()).await {
-            for p in pods {
-                let name = p.metadata.name.unwrap_or_default();
-                let logs = kubectl(&["logs", "-n", &self.ns, &name, "--tail=40"]);
-                let _ = writeln!(out, "--- logs of pod {name} (last 40 lines):");
-                let _ = out.write_all(&logs.stdout);
-                let _ = out.write_all(&logs.stderr);
-            }
-        }
+    }
+}
+
+/// The pod's log as `kubectl logs` reads it through the kubelet, and the log of the container
+/// before its last restart.
+fn pod_logs(out: &mut impl Write, ns: &str, pod: &Pod) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let restarted = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.restart_count > 0));
+    let mut shown = vec![("", None)];
+    if restarted {
+        shown.insert(0, ("before its restart, ", Some("--previous")));
+    }
+    for (which, flag) in shown {
+        let mut args = vec!["logs", "-n", ns, &name, "--tail=60"];
+        args.extend(flag);
+        let logs = kubectl(&args);
+        let _ = writeln!(out, "--- logs of pod {ns}/{name} ({which}last 60 lines):");
+        let _ = out.write_all(&logs.stdout);
+        let _ = out.write_all(&logs.stderr);
     }
 }
 
 impl Drop for Story {
     fn drop(&mut self) {
-        for op in &mut self.operators {
-            op.kill();
-        }
         if std::thread::panicking() || std::env::var_os("BARGE_E2E_KEEP").is_some() {
-            if let Ok(spare) = tempfile::tempdir() {
-                let kept = std::mem::replace(&mut self.logs, spare).keep();
-                eprintln!("kept namespace {} and operator logs in {}", self.ns, kept.display());
-            }
+            eprintln!("kept namespaces {} and {} (operator release {RELEASE})", self.ns, self.operator_ns);
             return;
         }
-        // Best effort, without a runtime: kubectl deletes the namespace (its pods go with it).
-        let _ = Command::new("kubectl")
-            .args(["delete", "namespace", &self.ns, "--wait=false"])
-            .env("KUBECONFIG", kubeconfig())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-pub struct Operator {
-    child: Option<Child>,
-    pub log: PathBuf,
-}
-
-impl Operator {
-    /// SIGKILL: the crash a restart must survive.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        // Best effort, without a runtime. The release goes first: its ClusterRole and binding are
+        // cluster-scoped and would outlive the namespace.
+        let quiet = |cmd: &mut Command| {
+            let _ = cmd.env("KUBECONFIG", kubeconfig()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        };
+        if self.installed {
+            quiet(Command::new("helm").args(["uninstall", RELEASE, "-n", &self.operator_ns, "--wait=false"]));
+            quiet(Command::new("kubectl").args(["delete", "namespace", &self.operator_ns, "--wait=false"]));
         }
+        quiet(Command::new("kubectl").args(["delete", "namespace", &self.ns, "--wait=false"]));
     }
+}
+
+/// SIGKILL to a pod's first container through the node's containerd, as the kernel's OOM killer
+/// or a crashing process would end it: the kubelet sees the container die, not a deletion.
+pub fn kill_container(pod: &Pod) {
+    let id = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.container_id.clone())
+        .expect("the kubelet reports the container's id");
+    let id = id.strip_prefix("containerd://").expect("a containerd container id");
+    let killed = Command::new("ctr")
+        .args(["--address", &env("BARGE_TESTBED_CONTAINERD"), "--namespace", "k8s.io"])
+        .args(["tasks", "kill", "--signal", "SIGKILL", id])
+        .output()
+        .expect("ctr runs");
+    assert!(killed.status.success(), "ctr tasks kill: {}", String::from_utf8_lossy(&killed.stderr));
+}
+
+/// `repo/name:tag` into the chart's repository and tag values.
+pub fn split_image(image: &str) -> (String, String) {
+    let (repo, tag) = image.rsplit_once(':').expect("an image with a tag");
+    (repo.to_string(), tag.to_string())
 }
 
 /// Uploads the real MiniLM model once per cluster.

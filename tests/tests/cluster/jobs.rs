@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::harness::*;
 
 // The stories' jobs hold no GPU (the test node has none), so they are priced by CPU-hour.
-const PRICES: &str = "pricing:\n  cpuPerHour: 3.6\n";
+const PRICES: &[&str] = &["pricing.cpuPerHour=3.6"];
 
 fn local_run(input: &str) -> Vec<Value> {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -55,7 +55,7 @@ fn assert_same_results(cluster: &[Value], local: &[Value]) {
 
 async fn completes_like_a_local_run(story_name: &str, parallelism: u32, n: usize) {
     let mut story = Story::new(story_name).await;
-    story.start_operator(PRICES, &[]);
+    story.install_operator(PRICES).await;
     let input = requests(n, "q");
     story.put("in/requests.jsonl", input.clone()).await;
     let mut spec = story.spec("in/requests.jsonl", "out");
@@ -117,7 +117,7 @@ async fn a_three_shard_job_merges_into_the_results_of_a_local_run() {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_lines_become_error_records_and_failed_counts() {
     let mut story = Story::new("malformed").await;
-    story.start_operator("", &[]);
+    story.install_operator(&[]).await;
     let mut input = requests(10, "ok");
     input.push_str("{not json\n");
     input.push_str(r#"{"method":"POST","url":"/v1/embeddings","body":{"input":"no id"}}"#);
@@ -136,7 +136,7 @@ async fn malformed_lines_become_error_records_and_failed_counts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spec_the_schema_cannot_catch_fails_with_the_field_named_and_one_event() {
     let mut story = Story::new("bad-spec").await;
-    story.start_operator("", &[]);
+    story.install_operator(&[]).await;
     let mut spec = story.spec("in.jsonl", "out/results.jsonl");
     spec.completion_window = "0s".into();
     story.create("bad", spec).await;
@@ -158,7 +158,7 @@ async fn a_spec_the_schema_cannot_catch_fails_with_the_field_named_and_one_event
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_credentials_secret_fails_the_job_with_a_clear_reason() {
     let mut story = Story::new("no-secret").await;
-    story.start_operator("", &[]);
+    story.install_operator(&[]).await;
     story.put("in.jsonl", requests(3, "x")).await;
     let mut spec = story.spec("in.jsonl", "out");
     if let Some(s) = spec.storage.as_mut() {
@@ -174,13 +174,13 @@ async fn a_missing_credentials_secret_fails_the_job_with_a_clear_reason() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_api_server_enforces_the_schema_and_immutability() {
     let mut story = Story::new("schema").await;
-    story.start_operator("", &[]);
+    story.install_operator(&[]).await;
     let bad = serde_json::json!({
         "apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob", "metadata": {"name": "bad"},
         "spec": {"model": {"uri": "http://nope"}, "input": {"uri": "s3://b/in.jsonl"}, "output": {"uri": "s3://b/out/"},
                  "parallelism": 0},
     });
-    let path = story.logs.path().join("bad.json");
+    let path = story.scratch.path().join("bad.json");
     std::fs::write(&path, bad.to_string()).expect("write");
     let out = kubectl(&["apply", "-n", &story.ns, "-f", &path.display().to_string()]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -213,7 +213,7 @@ async fn the_api_server_enforces_the_schema_and_immutability() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_image_that_cannot_be_pulled_fails_the_job_with_a_clear_reason() {
     let mut story = Story::new("bad-image").await;
-    story.start_operator("", &[]);
+    story.install_operator(&[]).await;
     story.put("in.jsonl", requests(3, "i")).await;
     let mut spec = story.spec("in.jsonl", "out");
     spec.image = Some("registry.example/barge-runner-typo:1".into());
@@ -227,7 +227,7 @@ async fn an_image_that_cannot_be_pulled_fails_the_job_with_a_clear_reason() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_anthropic_chat_job_on_smollm2_reports_tokens_and_anthropic_results() {
     let mut story = Story::new("chat").await;
-    story.start_operator(PRICES, &[]);
+    story.install_operator(PRICES).await;
     let n = 12;
     let input: String = (0..n)
         .map(|i| {

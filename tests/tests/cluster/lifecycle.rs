@@ -31,7 +31,7 @@ async fn patch_spec(story: &Story, name: &str, spec: serde_json::Value) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_suspended_job_stops_its_pods_and_resumes_where_it_stopped() {
     let mut story = Story::new("suspend").await;
-    story.start_operator("", &[]);
+    story.install_operator(&[]).await;
     slow_job(&story, "pause", 600, None).await;
     wait_completed_at_least(&story, "pause", 40).await;
     patch_spec(&story, "pause", json!({"suspend": true})).await;
@@ -39,12 +39,21 @@ async fn a_suspended_job_stops_its_pods_and_resumes_where_it_stopped() {
     let st = job.status.expect("status");
     assert!(st.request_counts.completed >= 40);
     assert!(st.shards.iter().all(|s| s.phase == ShardPhase::Stopped));
+    // Suspended means nothing runs: a pod still listed has exited and is only being removed.
     let pods = story.pods().list(&Default::default()).await.expect("pods").items;
-    assert!(
-        pods.is_empty(),
-        "a suspended job keeps no pod: {:?}",
-        pods.iter().map(|p| &p.metadata.name).collect::<Vec<_>>()
-    );
+    let running: Vec<_> = pods
+        .iter()
+        .filter(|p| {
+            !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+        })
+        .map(|p| &p.metadata.name)
+        .collect();
+    assert!(running.is_empty(), "a suspended job keeps no running pod: {running:?}");
+    story
+        .wait("the suspended job's pods to be removed", Duration::from_secs(60), async || {
+            story.pods().list(&Default::default()).await.is_ok_and(|l| l.items.is_empty())
+        })
+        .await;
 
     patch_spec(&story, "pause", json!({"suspend": false})).await;
     let job = story.wait_phase("pause", "Succeeded", Duration::from_secs(300)).await;
@@ -55,7 +64,7 @@ async fn a_suspended_job_stops_its_pods_and_resumes_where_it_stopped() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_created_suspended_waits_untouched() {
     let mut story = Story::new("created-suspended").await;
-    story.start_operator("", &[]);
+    story.install_operator(&[]).await;
     story.put("in.jsonl", requests(3, "s")).await;
     let mut spec = story.spec("in.jsonl", "out");
     spec.suspend = true;
@@ -70,7 +79,7 @@ async fn a_job_created_suspended_waits_untouched() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_job_keeps_its_partial_results_and_counts_the_rest_cancelled() {
     let mut story = Story::new("cancel").await;
-    story.start_operator("", &[]);
+    story.install_operator(&[]).await;
     slow_job(&story, "stop", 600, None).await;
     wait_completed_at_least(&story, "stop", 40).await;
     patch_spec(&story, "stop", json!({"cancel": true})).await;
@@ -89,7 +98,7 @@ async fn a_cancelled_job_keeps_its_partial_results_and_counts_the_rest_cancelled
 #[tokio::test(flavor = "multi_thread")]
 async fn a_passed_completion_window_expires_what_is_left() {
     let mut story = Story::new("expiry").await;
-    story.start_operator("", &[]);
+    story.install_operator(&[]).await;
     slow_job(&story, "late", 3000, Some("8s")).await;
     let job = story.wait_phase("late", "Expired", Duration::from_secs(180)).await;
     let c = job.status.expect("status").request_counts;
@@ -101,7 +110,7 @@ async fn a_passed_completion_window_expires_what_is_left() {
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_job_removes_its_pods_and_keeps_its_output() {
     let mut story = Story::new("delete").await;
-    story.start_operator("", &[]);
+    story.install_operator(&[]).await;
     slow_job(&story, "gone", 600, None).await;
     wait_completed_at_least(&story, "gone", 40).await;
     delete_job(&story, "gone").await;
