@@ -2,11 +2,12 @@
 //! it decides and carries out its actions. No decisions are made here.
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use barge_api::batchjob::{BatchJob, BatchJobStatus, Phase, labels};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::jiff::Timestamp;
@@ -259,10 +260,35 @@ async fn apply(ctx: &Context, job: &BatchJob, actions: Vec<Action>) -> Result<()
 
 /// Marks the job Failed with `InvalidSpec` when the API server refused a pod built from it.
 async fn fail_invalid(ctx: &Context, job: &BatchJob, message: String) -> Result<(), Error> {
+    fail_job(ctx, job, barge_api::batchjob::reason::INVALID_SPEC, message).await
+}
+
+/// Reconciles one job; a panic in it (a bug, or a report no test foresaw) fails that job with
+/// reason `OperatorError` instead of the process. The controller polls every reconcile in its
+/// own task, so an unwinding one would otherwise stop the reconciling of every job.
+pub async fn reconcile_isolated(job: Arc<BatchJob>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let panic = match AssertUnwindSafe(reconcile(job.clone(), ctx.clone())).catch_unwind().await {
+        Ok(result) => return result,
+        Err(panic) => panic,
+    };
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    tracing::error!(job = %key(&job), panic = %what, "reconcile panicked; the job fails, the operator goes on");
+    ctx.metrics.errors.with_label_values(&["panic"]).inc();
+    let message = format!("the operator failed while reconciling this job ({what}); please report it");
+    fail_job(&ctx, &job, barge_api::batchjob::reason::OPERATOR_ERROR, message).await?;
+    Ok(Requeue::await_change())
+}
+
+/// Marks the job Failed for `reason`, frees its queue slot and records the transition.
+async fn fail_job(ctx: &Context, job: &BatchJob, reason: &'static str, message: String) -> Result<(), Error> {
     let old = job.status.clone().unwrap_or_default();
     let mut status = old.clone();
     status.phase = Phase::Failed;
-    let why = crate::conditions::Why::new(barge_api::batchjob::reason::INVALID_SPEC, message);
+    let why = crate::conditions::Why::new(reason, message);
     let now = Timestamp::now();
     status.conditions =
         crate::conditions::conditions(Phase::Failed, &why, job.metadata.generation, &old.conditions, now);
@@ -397,7 +423,7 @@ pub async fn run(
         })
     };
     controller
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_isolated, error_policy, ctx)
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::trace!(job = %obj, "reconciled"),

@@ -18,4 +18,5 @@ pub mod pod_view;
 pub mod progress_client;
 pub mod queue;
 pub mod runner_pod;
+pub mod untrusted;
 pub mod validate;

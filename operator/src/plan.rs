@@ -518,9 +518,11 @@ impl Planner<'_, '_> {
             st.throughput =
                 Some(Throughput { requests_per_second: round2(rps), tokens_per_second: round2(tps) });
             st.eta = match estimate {
-                Some(e) if rps > 0.0 => {
-                    Some(human(Duration::from_secs_f64((e.saturating_sub(done)) as f64 / rps)))
-                }
+                // Rates are sane (untrusted.rs) but may be tiny: an ETA past a century is none.
+                Some(e) if rps > 0.0 => Duration::try_from_secs_f64(e.saturating_sub(done) as f64 / rps)
+                    .ok()
+                    .filter(|d| d.as_secs() < 100 * 365 * 86_400)
+                    .map(human),
                 _ => None,
             };
         } else {

@@ -85,7 +85,7 @@ pub fn runtime_seconds(pod: &Pod, now: Timestamp) -> f64 {
 /// The runner's final report, when the pod ended and wrote one.
 pub fn termination_message(pod: &Pod) -> Option<TerminationMessage> {
     let msg = terminated(pod)?.message.as_deref()?;
-    serde_json::from_str(msg.trim()).ok()
+    serde_json::from_str(msg.trim()).ok().map(crate::untrusted::termination_message)
 }
 
 /// A one-line account of why the pod ended, for status messages.

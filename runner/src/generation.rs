@@ -13,7 +13,7 @@ use tokio::sync::mpsc::{self, error::TryRecvError};
 use crate::backend::BackendError;
 use crate::decoder::DecoderModel;
 use crate::decoder::chat_template::ChatTemplate;
-use crate::decoder::engine::{Engine, EngineConfig, GenRequest, GenResult};
+use crate::decoder::engine::{Engine, EngineConfig, GenRequest, GenResult, Refused};
 use crate::decoder::sampling::SamplingParams;
 use crate::decoder::vocab::Vocab;
 use crate::input::generation::{self, Endpoint, Format, GenerationRequest, Prompt};
@@ -141,28 +141,29 @@ impl Prep {
         if prompt.is_empty() {
             return Err(fail(ErrorCode::MissingInput, "the prompt is empty".into()));
         }
+        // max_tokens comes from the request line and may be any u64: the sums below saturate, so
+        // an absurd value is refused like a merely large one, never wrapped into a small one.
         let max_tokens = match req.max_tokens {
-            Some(m) => m as usize,
+            Some(m) => usize::try_from(m).unwrap_or(usize::MAX),
             None => self.context.saturating_sub(prompt.len()),
         };
-        if max_tokens == 0 || prompt.len() + max_tokens > self.context {
+        let total = prompt.len().saturating_add(max_tokens);
+        if max_tokens == 0 || total > self.context {
             return Err(fail(
                 ErrorCode::ContextLengthExceeded,
                 format!(
-                    "the prompt has {} tokens and max_tokens is {max_tokens}: together {} exceed the model's context of {} tokens",
+                    "the prompt has {} tokens and max_tokens is {max_tokens}: together they exceed the model's context of {} tokens",
                     prompt.len(),
-                    prompt.len() + max_tokens,
                     self.context
                 ),
             ));
         }
-        if prompt.len() + max_tokens > self.kv_tokens {
+        if total > self.kv_tokens {
             return Err(fail(
                 ErrorCode::ContextLengthExceeded,
                 format!(
-                    "the prompt has {} tokens and max_tokens is {max_tokens}: {} tokens do not fit the KV cache budget of {} tokens (--kv-cache-mib {})",
+                    "the prompt has {} tokens and max_tokens is {max_tokens}: {total} tokens do not fit the KV cache budget of {} tokens (--kv-cache-mib {})",
                     prompt.len(),
-                    prompt.len() + max_tokens,
                     self.kv_tokens,
                     self.kv_budget_mib
                 ),
@@ -273,8 +274,10 @@ fn drive(
                             && let Some(mut req) = request.take()
                         {
                             req.tag = (number << 32) | i as u64;
-                            engine.add(req);
-                            pending += 1;
+                            match engine.add(req) {
+                                Ok(()) => pending += 1,
+                                Err(refused) => refuse(item, refused),
+                            }
                         }
                     }
                     windows.push_back((w, pending));
@@ -308,6 +311,16 @@ fn drive(
         let tokens = (engine.stats.prefill_tokens + engine.stats.decode_tokens)
             - (before.prefill_tokens + before.decode_tokens);
         metrics.batch_padded_tokens.observe(tokens as f64);
+        // A request the engine could not place fails alone, as its own error record.
+        for refused in engine.take_refused() {
+            let (number, index) = (refused.tag >> 32, (refused.tag & 0xffff_ffff) as usize);
+            if let Some((w, pending)) = windows.get_mut((number - first_number) as usize)
+                && let Some(item) = w.items.get_mut(index)
+            {
+                refuse(item, refused);
+                *pending -= 1;
+            }
+        }
         for result in results {
             let (number, index) = (result.tag >> 32, (result.tag & 0xffff_ffff) as usize);
             let Some((w, pending)) = windows.get_mut((number - first_number) as usize) else {
@@ -318,6 +331,15 @@ fn drive(
                 *pending -= 1;
             }
         }
+    }
+}
+
+/// Turns a request the engine refused into that line's error record.
+fn refuse(item: &mut Item, refused: Refused) {
+    if let Item::Run { line, custom_id, .. } = item {
+        let error = LineError::new(ErrorCode::ContextLengthExceeded, refused.reason)
+            .with_custom_id(Some(std::mem::take(custom_id)));
+        *item = Item::Failed { line: *line, error };
     }
 }
 

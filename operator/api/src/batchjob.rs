@@ -491,6 +491,8 @@ pub mod reason {
     pub const UNSCHEDULABLE: &str = "Unschedulable";
     pub const NOT_FINISHED: &str = "NotFinished";
     pub const NOT_FAILED: &str = "NotFailed";
+    /// The operator itself failed on this job (a panic in its reconcile): a bug to report.
+    pub const OPERATOR_ERROR: &str = "OperatorError";
 }
 
 /// Labels and annotations the operator puts on its pods.

@@ -66,6 +66,29 @@ fn progress(shard: u32, of: u32, c: Counts, bytes: (u64, u64), rps: f64) -> Prog
     }
 }
 
+/// A pod's `/progress` is untrusted (a job may bring its own image). A rate of 1e-300 once
+/// panicked the whole operator in `Duration::from_secs_f64`; sanitized reports of any shape plan
+/// without a panic, and a hopeless ETA is shown as none.
+#[test]
+fn absurd_progress_reports_never_panic_the_plan() {
+    let mut job = JobBuilder::new("emb").parallelism(2).build();
+    step(&mut job, &[], &none(), 0);
+    let pods =
+        [PodBuilder::runner(&job, 0).running(10).build(), PodBuilder::runner(&job, 1).running(10).build()];
+    for rps in [1e-300, f64::MIN_POSITIVE, 0.0, -1.0, f64::NAN, f64::INFINITY, f64::MAX] {
+        for n in [0, 1, u64::MAX] {
+            let live = BTreeMap::from([
+                (0, crate::untrusted::progress(progress(0, 2, counts(n, n, n), (n, 10_000), rps))),
+                (1, crate::untrusted::progress(progress(1, 2, counts(n, n, n), (1, n), rps))),
+            ]);
+            let d = step(&mut job, &pods, &live, 110);
+            if rps == 1e-300 && n == 1 {
+                assert_eq!(d.status.eta, None, "an ETA past a century is none");
+            }
+        }
+    }
+}
+
 #[test]
 fn an_admitted_job_starts_one_pod_per_shard_and_replanning_creates_nothing_more() {
     let mut job = JobBuilder::new("emb").parallelism(3).build();

@@ -58,6 +58,13 @@ pub struct GenResult {
     pub finish: Finish,
 }
 
+/// A request the engine cannot place: it would outgrow the whole KV cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub tag: u64,
+    pub reason: String,
+}
+
 /// Counters for metrics and benchmarks.
 #[derive(Debug, Clone, Default)]
 pub struct EngineStats {
@@ -94,6 +101,7 @@ pub struct Engine {
     cfg: EngineConfig,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
+    refused: Vec<Refused>,
     logits_scratch: Vec<f32>,
     pub stats: EngineStats,
 }
@@ -102,7 +110,7 @@ impl Engine {
     pub fn new(model: Box<dyn Decoder>, cfg: EngineConfig) -> Self {
         let (layers, kv_dim) = model.cache_shape();
         let block_bytes = KvCache::bytes_per_token(layers, kv_dim) * super::kv_cache::BLOCK;
-        let blocks = (cfg.kv_cache_mib << 20) / block_bytes.max(1);
+        let blocks = cfg.kv_cache_mib.saturating_mul(1 << 20) / block_bytes.max(1);
         let cache = KvCache::new(layers, kv_dim, blocks);
         Engine {
             model,
@@ -110,6 +118,7 @@ impl Engine {
             cfg,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            refused: Vec::new(),
             logits_scratch: Vec::new(),
             stats: EngineStats::default(),
         }
@@ -137,9 +146,22 @@ impl Engine {
         self.in_flight() == 0
     }
 
-    /// Queues a request. The caller has checked that prompt plus `max_tokens` fit the context
-    /// and the cache.
-    pub fn add(&mut self, mut req: GenRequest) {
+    /// Queues a request, or refuses one whose prompt and `max_tokens` (up to the context) could
+    /// never fit the cache: it would stop every other sequence. Callers check this first to
+    /// give a better message; the engine does not rely on them.
+    pub fn add(&mut self, mut req: GenRequest) -> Result<(), Refused> {
+        let longest = req.prompt.len().saturating_add(req.max_tokens).min(self.model.context_len());
+        if req.prompt.is_empty() || longest > self.capacity_tokens() {
+            return Err(Refused {
+                tag: req.tag,
+                reason: format!(
+                    "a prompt of {} tokens with max_tokens {} does not fit the KV cache of {} tokens",
+                    req.prompt.len(),
+                    req.max_tokens,
+                    self.capacity_tokens()
+                ),
+            });
+        }
         let sampler = Sampler::new(req.sampling.clone());
         let tokens = std::mem::take(&mut req.prompt);
         self.waiting.push_back(Seq {
@@ -152,6 +174,12 @@ impl Engine {
             text: Vec::new(),
             generated: 0,
         });
+        Ok(())
+    }
+
+    /// Requests dropped because they could not be placed, since the last call.
+    pub fn take_refused(&mut self) -> Vec<Refused> {
+        std::mem::take(&mut self.refused)
     }
 
     /// One forward pass; returns the sequences that finished in it.
@@ -162,12 +190,22 @@ impl Engine {
             if self.is_idle() {
                 return Ok(Vec::new());
             }
-            // Requests are checked against the cache before they are queued; reaching this
-            // would otherwise spin forever.
-            candle_core::bail!(
-                "no queued sequence fits the KV cache of {} tokens — this is a bug",
-                self.capacity_tokens()
-            );
+            // `add` refuses what can never fit, so this is not expected; if it happens, the
+            // sequence that cannot run is dropped as refused rather than stopping the others.
+            let stuck = if self.running.is_empty() { self.waiting.pop_front() } else { self.running.pop() };
+            if let Some(mut seq) = stuck {
+                self.cache.release(&mut seq.blocks);
+                tracing::warn!(tag = seq.req.tag, "a sequence could not be placed in the KV cache");
+                self.refused.push(Refused {
+                    tag: seq.req.tag,
+                    reason: format!(
+                        "the request ({} tokens so far) could not be placed in the KV cache of {} tokens",
+                        seq.tokens.len(),
+                        self.capacity_tokens()
+                    ),
+                });
+            }
+            return Ok(Vec::new());
         }
         let mut tokens = Vec::new();
         let mut layout = StepLayout {

@@ -64,7 +64,7 @@ fn generate(model: DecoderModel, cfg: EngineConfig, requests: Vec<GenRequest>) -
     let DecoderModel { decoder, vocab, .. } = model;
     let mut engine = Engine::new(decoder, cfg);
     for r in requests {
-        engine.add(r);
+        engine.add(r).expect("the request fits the cache");
     }
     let mut out = Vec::new();
     while !engine.is_idle() {
@@ -268,6 +268,32 @@ fn a_small_kv_budget_makes_requests_wait_not_fail_or_change() {
     for (a, b) in roomy.iter().zip(&cramped) {
         assert_eq!(a.tokens, b.tokens, "request {} under a tight budget and chunked prefill", a.tag);
     }
+}
+
+/// A request that could never fit the cache (an absurd `max_tokens`, as a request line may
+/// carry) is refused alone, before it can stop the sequences around it.
+#[test]
+fn a_request_larger_than_the_whole_cache_is_refused_and_the_others_finish() {
+    let model = load();
+    let prompt = chat_prompt(&model, QUESTIONS[0]);
+    let DecoderModel { decoder, vocab, .. } = model;
+    let mut engine = Engine::new(decoder, EngineConfig { max_seqs: 4, step_tokens: 64, kv_cache_mib: 8 });
+    let capacity = engine.capacity_tokens();
+    engine.add(request(0, prompt.clone(), 8, greedy())).expect("a small request is queued");
+    for (tag, max_tokens) in [(1, usize::MAX), (2, capacity)] {
+        let refused = engine.add(request(tag, prompt.clone(), max_tokens, greedy())).expect_err("refused");
+        assert_eq!(refused.tag, tag);
+        assert!(refused.reason.contains(&format!("KV cache of {capacity} tokens")), "{}", refused.reason);
+    }
+    engine.add(request(3, prompt, 8, greedy())).expect("a small request is queued");
+    let mut done = Vec::new();
+    while !engine.is_idle() {
+        done.extend(engine.step(&vocab).expect("a step runs"));
+    }
+    let mut tags: Vec<u64> = done.iter().map(|r| r.tag).collect();
+    tags.sort();
+    assert_eq!(tags, [0, 3]);
+    assert!(engine.take_refused().is_empty(), "nothing was dropped mid-run");
 }
 
 /// The Gemma 3 GGUF.

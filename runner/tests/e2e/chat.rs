@@ -99,6 +99,34 @@ fn an_openai_chat_job_writes_chat_completions_and_error_records() {
     assert_eq!(manifest["requestCounts"]["failed"], 3, "{manifest}");
 }
 
+/// `max_tokens` near u64::MAX once wrapped around in `prompt + max_tokens` and was answered;
+/// under a small KV budget it is refused like any request too long for it, alone.
+#[test]
+fn an_absurd_max_tokens_is_refused_alone_under_a_small_kv_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    let lines = vec![
+        chat_line("absurd", "Hi", json!({"max_tokens": u64::MAX})),
+        chat_line("wrapping", "Hi", json!({"max_completion_tokens": u64::MAX - 20})),
+        chat_line("short", "What is the capital of France?", json!({"max_tokens": 5})),
+    ];
+    write_lines(&input, &lines);
+    let out = dir.path().join("out");
+    let run = run_gguf(&input, &out, &["--kv-cache-mib", "16"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let results = by_id(&read_jsonl(&out.join("results.jsonl")));
+    assert_eq!(results.keys().collect::<Vec<_>>(), ["short"]);
+    let errors = read_jsonl(&out.join("errors.jsonl"));
+    let codes: Vec<(Option<&str>, &str)> = errors
+        .iter()
+        .map(|e| (e["custom_id"].as_str(), e["error"]["code"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        codes,
+        [(Some("absurd"), "context_length_exceeded"), (Some("wrapping"), "context_length_exceeded")]
+    );
+}
+
 #[test]
 fn anthropic_lines_get_anthropic_results() {
     let dir = tempfile::tempdir().expect("tempdir");
