@@ -28,14 +28,14 @@ use crate::metrics::Metrics;
 use crate::model_source::{self, FetchError};
 use crate::models::{self, ModelError};
 use crate::output::checkpoint::{self, Checkpoint, CheckpointError, FORMAT_VERSION};
-use crate::output::chunk::{self, JOB_KEY};
+use crate::output::chunk::{self, CLAIM_KEY, JOB_KEY};
 use crate::output::finalize::{self, FinalizeError};
 use crate::output::job::{Batching, JobRecord, JobSpec, ModelRecord};
 use crate::output::manifest::Manifest;
 use crate::output::{ERRORS, MANIFEST, RESULTS, WORK_DIR, record};
 use crate::progress::{self, ProgressState};
 use crate::shutdown::Stop;
-use crate::storage::{self, ObjectStore, S3Options, StorageError};
+use crate::storage::{self, Condition, ObjectStore, S3Options, StorageError};
 
 /// Everything a run needs, from the command line or the operator's work order.
 #[derive(Debug, Clone)]
@@ -95,6 +95,8 @@ pub enum RunError {
     InputNotAFile { uri: String },
     #[error("the output {uri} holds a different job ({differences}); rerun with --overwrite to replace it")]
     OtherJob { uri: String, differences: String },
+    #[error("runners of different jobs keep replacing each other's claim on {uri}; run one job per output")]
+    ClaimContended { uri: String },
     #[error("cannot serve progress on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -200,6 +202,7 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
     } else if cfg.overwrite {
         clear_output(out, cfg.shard).await?;
     }
+    claim_output(out, &spec, cfg.overwrite).await?;
 
     let fingerprint = spec.fingerprint();
     let resume = checkpoint::load(out, cfg.shard).await?.filter(|cp| cp.job == fingerprint);
@@ -253,18 +256,39 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
     let body = serde_json::to_vec_pretty(&job).expect("serialising plain data cannot fail");
     out.put(JOB_KEY, Bytes::from(body)).await?;
 
+    // Take the shard over. The checkpoint is read again: a runner this one replaces may have
+    // gone on while the model loaded. The write of the new epoch is conditional on what was
+    // read, so of two runners racing here one wins and the other stops (Fenced).
     let now = crate::clock::now_rfc3339();
-    let mut cp = resume.unwrap_or_else(|| Checkpoint {
+    let fresh = |previous: Option<Checkpoint>| Checkpoint {
         version: FORMAT_VERSION,
-        job: fingerprint,
+        job: fingerprint.clone(),
         shard: cfg.shard,
         chunks: 0,
         next_offset: shard_range(input_meta.size, cfg.shard).0,
         counts: Counts::default(),
         done: false,
         started: now.clone(),
-        updated: now,
-    });
+        updated: now.clone(),
+        epoch: previous.as_ref().map_or(0, |p| p.epoch),
+        segments: Vec::new(),
+        version_tag: previous.and_then(|p| p.version_tag),
+    };
+    let mut cp = match checkpoint::load(out, cfg.shard).await? {
+        Some(cp) if cp.job == fingerprint => cp,
+        other => fresh(other),
+    };
+    drop(resume);
+    if cp.done {
+        // Another runner finished the shard while this one loaded the model.
+        let manifest = match cfg.shard.count {
+            1 => Some(finalize::finalize(out, 1).await?),
+            _ => None,
+        };
+        return Ok(already_done(cfg.shard, cp.counts, manifest));
+    }
+    cp.take_over();
+    checkpoint::save(out, &mut cp).await?;
     if cp.chunks > 0 {
         tracing::info!(shard = %cfg.shard, lines = cp.counts.lines, chunks = cp.chunks, "resuming after the last checkpoint");
     }
@@ -375,6 +399,40 @@ pub fn manifest_counts(m: &Manifest) -> Counts {
 }
 
 /// `--overwrite`: an unsharded run owns the whole output; a shard clears only its own work.
+/// Claims the output for this job before anything is written there, with a write that only
+/// one of many racing runners can win (`If-None-Match: *` on S3): the claim names the job's
+/// spec, so the shards of one job all pass, and a runner of another job is refused at once
+/// (`OtherJob`) — or, with `--overwrite`, takes the claim over from the version it read.
+async fn claim_output(out: &dyn ObjectStore, spec: &JobSpec, overwrite: bool) -> Result<(), RunError> {
+    let body = Bytes::from(serde_json::to_vec_pretty(spec).expect("serialising plain data cannot fail"));
+    for _ in 0..5 {
+        let existing = match out.put_if(CLAIM_KEY, body.clone(), Condition::Absent).await {
+            Ok(_) => return Ok(()),
+            Err(StorageError::Conflict { .. }) => match out.get_versioned(CLAIM_KEY).await? {
+                Some(existing) => existing,
+                None => continue, // removed in between (an overwrite): claim again
+            },
+            Err(e) => return Err(e.into()),
+        };
+        let differences = match serde_json::from_slice::<JobSpec>(&existing.body) {
+            Ok(theirs) => spec.differences(&theirs),
+            Err(e) => vec![format!("its claim {} is not one this runner reads ({e})", out.uri(CLAIM_KEY))],
+        };
+        if differences.is_empty() {
+            return Ok(());
+        }
+        if !overwrite {
+            return Err(RunError::OtherJob { uri: out.uri(""), differences: differences.join("; ") });
+        }
+        match out.put_if(CLAIM_KEY, body.clone(), Condition::Version(&existing.version)).await {
+            Ok(_) => return Ok(()),
+            Err(StorageError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(RunError::ClaimContended { uri: out.uri(CLAIM_KEY) })
+}
+
 async fn clear_output(out: &dyn ObjectStore, shard: ShardId) -> Result<(), StorageError> {
     if shard.count == 1 {
         out.delete_prefix(WORK_DIR).await?;
@@ -732,7 +790,7 @@ impl Stages {
         bar: Option<&indicatif::ProgressBar>,
     ) -> Result<(), RunError> {
         let Encoded { bytes, counts, end_offset } = encoded;
-        out.put(&chunk::chunk_key(cp.shard, cp.chunks), Bytes::from(bytes)).await?;
+        out.put(&chunk::chunk_key(cp.shard, cp.chunks, cp.epoch), Bytes::from(bytes)).await?;
         cp.chunks += 1;
         cp.next_offset = end_offset;
         cp.counts.add(&counts);

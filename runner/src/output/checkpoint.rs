@@ -2,17 +2,32 @@
 //!
 //! Guarantees: a checkpoint is replaced atomically and only after the chunk it counts is
 //! stored, so after a crash at any moment the chunks `0..chunks` hold exactly the lines before
-//! `next_offset`, each once. A chunk written after the last checkpoint is simply overwritten by
-//! the resumed run.
+//! `next_offset`, each once.
+//!
+//! Fencing: every process that works on a shard takes it over with a new `epoch`, written into
+//! the checkpoint by a conditional write on the version it read, and it writes its chunks under
+//! keys that carry that epoch. Every later checkpoint is conditional on the version the process
+//! itself wrote last. So a stale process (a pod left running by a force-delete or a network
+//! partition) can neither roll the checkpoint back nor overwrite a chunk another process
+//! counts: its next checkpoint write fails and it stops with [`CheckpointError::Fenced`].
 
 use barge_api::{Counts, ShardId};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::chunk::checkpoint_key;
-use crate::storage::{ObjectStore, StorageError};
+use crate::storage::{Condition, ObjectStore, StorageError};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: epochs and epoch-tagged chunk keys.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// From chunk `first_chunk` on, chunks were written by the process of `epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Segment {
+    pub first_chunk: u64,
+    pub epoch: u64,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -30,6 +45,27 @@ pub struct Checkpoint {
     /// When the shard first started, RFC 3339.
     pub started: String,
     pub updated: String,
+    /// The epoch of the process that owns the shard now.
+    pub epoch: u64,
+    /// Which epoch wrote which chunks, oldest first.
+    pub segments: Vec<Segment>,
+    /// The stored version this process read or last wrote: its next write is conditional on it.
+    #[serde(skip)]
+    pub version_tag: Option<String>,
+}
+
+impl Checkpoint {
+    /// The epoch under whose key chunk `n` was written.
+    pub fn epoch_of(&self, n: u64) -> u64 {
+        self.segments.iter().rev().find(|s| s.first_chunk <= n).map_or(0, |s| s.epoch)
+    }
+
+    /// Takes the shard over for this process: a new epoch, from the next chunk on. The caller
+    /// then saves, which fails if another process wrote in between.
+    pub fn take_over(&mut self) {
+        self.epoch += 1;
+        self.segments.push(Segment { first_chunk: self.chunks, epoch: self.epoch });
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +74,16 @@ pub enum CheckpointError {
     Storage(#[from] StorageError),
     #[error("the checkpoint {uri} is damaged ({detail}); delete it or rerun with --overwrite")]
     Damaged { uri: String, detail: String },
+    #[error(
+        "another runner took shard {shard} over ({uri} changed under this one); this runner stops and leaves the shard to it"
+    )]
+    Fenced { shard: ShardId, uri: String },
 }
 
 pub async fn load(store: &dyn ObjectStore, shard: ShardId) -> Result<Option<Checkpoint>, CheckpointError> {
     let key = checkpoint_key(shard);
-    let Some(bytes) = store.get(&key).await? else { return Ok(None) };
-    let cp: Checkpoint = serde_json::from_slice(&bytes)
+    let Some(stored) = store.get_versioned(&key).await? else { return Ok(None) };
+    let mut cp: Checkpoint = serde_json::from_slice(&stored.body)
         .map_err(|e| CheckpointError::Damaged { uri: store.uri(&key), detail: e.to_string() })?;
     if cp.version != FORMAT_VERSION || cp.shard != shard {
         return Err(CheckpointError::Damaged {
@@ -51,12 +91,24 @@ pub async fn load(store: &dyn ObjectStore, shard: ShardId) -> Result<Option<Chec
             detail: format!("version {} for shard {}", cp.version, cp.shard),
         });
     }
+    cp.version_tag = Some(stored.version);
     Ok(Some(cp))
 }
 
-pub async fn save(store: &dyn ObjectStore, cp: &Checkpoint) -> Result<(), StorageError> {
+/// Writes the checkpoint if it is still the version this process read or wrote last (or is
+/// absent, for a process that found none); remembers the new version.
+pub async fn save(store: &dyn ObjectStore, cp: &mut Checkpoint) -> Result<(), CheckpointError> {
     let body = serde_json::to_vec_pretty(cp).expect("serialising plain data cannot fail");
-    store.put(&checkpoint_key(cp.shard), Bytes::from(body)).await
+    let key = checkpoint_key(cp.shard);
+    let condition = cp.version_tag.as_deref().map_or(Condition::Absent, Condition::Version);
+    match store.put_if(&key, Bytes::from(body), condition).await {
+        Ok(version) => {
+            cp.version_tag = Some(version);
+            Ok(())
+        }
+        Err(StorageError::Conflict { uri }) => Err(CheckpointError::Fenced { shard: cp.shard, uri }),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]
@@ -80,11 +132,65 @@ mod tests {
             done: false,
             started: "2026-01-01T00:00:00Z".into(),
             updated: "2026-01-01T00:01:00Z".into(),
+            epoch: 0,
+            segments: Vec::new(),
+            version_tag: None,
         };
-        save(&store, &cp).await.expect("save");
+        let mut cp = cp;
+        cp.take_over();
+        save(&store, &mut cp).await.expect("save");
         assert_eq!(load(&store, shard).await.expect("load"), Some(cp));
         store.put(&checkpoint_key(shard), Bytes::from_static(b"{oops")).await.expect("put");
         let err = load(&store, shard).await.expect_err("damaged");
         assert!(err.to_string().contains("damaged"), "{err}");
+    }
+
+    /// Two processes on one shard: the newer takes over, and the older can neither write a
+    /// checkpoint again nor have written chunks under the newer one's keys.
+    #[tokio::test]
+    async fn a_newer_process_fences_the_older_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let shard = ShardId { index: 0, count: 1 };
+        let mut old = Checkpoint {
+            version: FORMAT_VERSION,
+            job: "j".into(),
+            shard,
+            chunks: 0,
+            next_offset: 0,
+            counts: Counts::default(),
+            done: false,
+            started: String::new(),
+            updated: String::new(),
+            epoch: 0,
+            segments: Vec::new(),
+            version_tag: None,
+        };
+        old.take_over();
+        save(&store, &mut old).await.expect("first owner");
+        old.chunks = 3;
+        save(&store, &mut old).await.expect("the owner goes on");
+
+        let mut new = load(&store, shard).await.expect("load").expect("exists");
+        new.take_over();
+        save(&store, &mut new).await.expect("the newer process takes over");
+        assert_eq!((new.epoch, new.epoch_of(2), new.epoch_of(3)), (2, 1, 2));
+
+        old.chunks = 5;
+        old.done = true;
+        let err = save(&store, &mut old).await.expect_err("the stale process is fenced");
+        assert!(matches!(err, CheckpointError::Fenced { .. }), "{err}");
+        assert_eq!(
+            load(&store, shard).await.expect("load").expect("exists").chunks,
+            3,
+            "no roll forward or back"
+        );
+        // A second process racing to take over from the same version loses.
+        let mut racer = old.clone();
+        racer.version_tag = new.version_tag.clone();
+        new.chunks = 4;
+        save(&store, &mut new).await.expect("the owner goes on");
+        racer.take_over();
+        assert!(matches!(save(&store, &mut racer).await, Err(CheckpointError::Fenced { .. })));
     }
 }

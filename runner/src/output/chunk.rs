@@ -12,6 +12,9 @@ use crate::input::LineError;
 /// The job description shared by every shard.
 pub const JOB_KEY: &str = "_barge/job.json";
 
+/// The output's claim: the spec of the one job that may write there (see `claim_output`).
+pub const CLAIM_KEY: &str = "_barge/claim.json";
+
 pub fn shard_dir(shard: ShardId) -> String {
     format!("_barge/shard-{:05}-of-{:05}/", shard.index, shard.count)
 }
@@ -20,8 +23,10 @@ pub fn checkpoint_key(shard: ShardId) -> String {
     format!("{}checkpoint.json", shard_dir(shard))
 }
 
-pub fn chunk_key(shard: ShardId, n: u64) -> String {
-    format!("{}chunk-{n:08}.tsv", shard_dir(shard))
+/// Chunk `n` as the process of `epoch` wrote it: processes never share a chunk key, so a stale
+/// one cannot overwrite what a newer one counts (see `checkpoint.rs`).
+pub fn chunk_key(shard: ShardId, n: u64, epoch: u64) -> String {
+    format!("{}chunk-{n:08}-e{epoch:06}.tsv", shard_dir(shard))
 }
 
 /// Starts a result entry; the caller appends the record line (ending in a newline).
@@ -140,6 +145,6 @@ mod tests {
     fn shard_keys_sort_in_shard_and_chunk_order() {
         let s = ShardId { index: 2, count: 10 };
         assert_eq!(checkpoint_key(s), "_barge/shard-00002-of-00010/checkpoint.json");
-        assert!(chunk_key(s, 9) < chunk_key(s, 10));
+        assert!(chunk_key(s, 9, 7) < chunk_key(s, 10, 1));
     }
 }

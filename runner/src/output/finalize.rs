@@ -89,6 +89,9 @@ async fn finished_shards(
                 done: false,
                 started: crate::clock::now_rfc3339(),
                 updated: crate::clock::now_rfc3339(),
+                epoch: 0,
+                segments: Vec::new(),
+                version_tag: None,
             },
             None => {
                 return Err(FinalizeError::Incomplete {
@@ -326,7 +329,7 @@ async fn merge_all(
     let mut line_offset = 0;
     for (cp, unread) in checkpoints.iter().zip(unread) {
         for n in 0..cp.chunks {
-            let key = chunk::chunk_key(cp.shard, n);
+            let key = chunk::chunk_key(cp.shard, n, cp.epoch_of(n));
             let data = store.get(&key).await?.ok_or_else(|| FinalizeError::Damaged {
                 uri: store.uri(&key),
                 detail: "a chunk the checkpoint counts is missing".into(),

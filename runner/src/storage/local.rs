@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::fs;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufReader};
 
-use super::{ByteReader, ObjectMeta, ObjectStore, ObjectWriter, StorageError};
+use super::{ByteReader, Condition, ObjectMeta, ObjectStore, ObjectWriter, StorageError, Versioned};
 
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -41,6 +41,45 @@ fn temp_path(path: &Path) -> PathBuf {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
     path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
+/// The version tag of local content: a hash of the bytes, so equal tags mean equal content.
+fn version_of(body: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(body))
+}
+
+/// Compare-and-write under an exclusive lock on a sibling lock file: writers in other processes
+/// (two runners on one folder) serialise on it.
+fn put_if_locked(path: &Path, body: &[u8], condition: Condition<'_>) -> std::io::Result<Result<String, ()>> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.with_file_name(format!(".{name}.lock")))?;
+    lock.lock()?;
+    let current = match std::fs::read(path) {
+        Ok(data) => Some(version_of(&data)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let holds = match condition {
+        Condition::Absent => current.is_none(),
+        Condition::Version(v) => current.as_deref() == Some(v),
+    };
+    if !holds {
+        return Ok(Err(()));
+    }
+    let temp = temp_path(path);
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(body)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)?;
+    Ok(Ok(version_of(body)))
 }
 
 fn meta_of(key: String, md: &std::fs::Metadata) -> ObjectMeta {
@@ -82,6 +121,29 @@ impl ObjectStore for LocalStore {
         let mut writer = self.create(key).await?;
         writer.write(body).await?;
         writer.finish().await
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, StorageError> {
+        Ok(self.get(key).await?.map(|body| Versioned { version: version_of(&body), body }))
+    }
+
+    async fn put_if(&self, key: &str, body: Bytes, condition: Condition<'_>) -> Result<String, StorageError> {
+        let path = self.path(key);
+        let owned = match condition {
+            Condition::Absent => None,
+            Condition::Version(v) => Some(v.to_string()),
+        };
+        let result = tokio::task::spawn_blocking(move || {
+            let condition = owned.as_deref().map_or(Condition::Absent, Condition::Version);
+            put_if_locked(&path, &body, condition)
+        })
+        .await
+        .map_err(|e| self.io("write", key, std::io::Error::other(e.to_string())))?;
+        match result {
+            Ok(Ok(version)) => Ok(version),
+            Ok(Err(())) => Err(StorageError::Conflict { uri: self.uri(key) }),
+            Err(e) => Err(self.io("write", key, e)),
+        }
     }
 
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
@@ -187,6 +249,24 @@ mod tests {
         let keys: Vec<_> = store.list("a/b/").await.expect("list").into_iter().map(|m| m.key).collect();
         assert_eq!(keys, ["a/b/one.txt", "a/b/two.txt"]);
         assert_eq!(store.list("a/b/t").await.expect("list").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn conditional_writes_let_one_writer_win() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let first = store.put_if("c", Bytes::from_static(b"one"), Condition::Absent).await.expect("created");
+        let again = store.put_if("c", Bytes::from_static(b"two"), Condition::Absent).await;
+        assert!(matches!(again, Err(StorageError::Conflict { .. })), "{again:?}");
+        let got = store.get_versioned("c").await.expect("get").expect("exists");
+        assert_eq!((got.body.as_ref(), got.version.as_str()), (&b"one"[..], first.as_str()));
+        let second =
+            store.put_if("c", Bytes::from_static(b"two"), Condition::Version(&first)).await.expect("swapped");
+        let stale = store.put_if("c", Bytes::from_static(b"old"), Condition::Version(&first)).await;
+        assert!(matches!(stale, Err(StorageError::Conflict { .. })), "{stale:?}");
+        assert_eq!(store.get_versioned("c").await.expect("get").expect("exists").version, second);
+        let keys: Vec<_> = store.list("").await.expect("list").into_iter().map(|m| m.key).collect();
+        assert_eq!(keys, ["c"], "the lock file is not an object");
     }
 
     #[tokio::test]

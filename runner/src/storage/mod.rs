@@ -52,6 +52,25 @@ pub enum StorageError {
     Unreachable { op: &'static str, uri: String, detail: String },
     #[error("S3 failed to {op} {uri}: {detail}")]
     S3 { op: &'static str, uri: String, detail: String },
+    /// A conditional write lost: the object was created or changed by another writer.
+    #[error("{uri} was written by another writer in the meantime")]
+    Conflict { uri: String },
+}
+
+/// What a conditional write requires of the object it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition<'a> {
+    /// It must not exist (S3 `If-None-Match: *`).
+    Absent,
+    /// It must still be the version with this tag (S3 `If-Match`).
+    Version(&'a str),
+}
+
+/// An object's bytes and the version tag that [`ObjectStore::put_if`] compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub body: Bytes,
+    pub version: String,
 }
 
 impl StorageError {
@@ -88,6 +107,14 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     async fn read_from(&self, key: &str, offset: u64) -> Result<ByteReader, StorageError>;
 
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StorageError>;
+
+    /// The whole object with its version tag.
+    async fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, StorageError>;
+
+    /// Writes the object only if `condition` holds, atomically with the check; returns the new
+    /// version tag, or [`StorageError::Conflict`] when another writer got there first. This is
+    /// what fences writers: an output's claim and each shard's checkpoint are written this way.
+    async fn put_if(&self, key: &str, body: Bytes, condition: Condition<'_>) -> Result<String, StorageError>;
 
     /// Starts a streamed upload; the object appears only when the writer finishes.
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError>;

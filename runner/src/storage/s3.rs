@@ -16,7 +16,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::{Bytes, BytesMut};
 
-use super::{ByteReader, ObjectMeta, ObjectStore, ObjectWriter, StorageError};
+use super::{ByteReader, Condition, ObjectMeta, ObjectStore, ObjectWriter, StorageError, Versioned};
 
 /// Multipart part size: S3's minimum is 5 MiB; larger parts mean fewer requests.
 const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -164,7 +164,15 @@ impl ObjectStore for S3Store {
         if offset > 0 {
             req = req.range(format!("bytes={offset}-"));
         }
-        let out = req.send().await.map_err(|e| self.error("read", key, e))?;
+        let out = match req.send().await {
+            Ok(out) => out,
+            // A range starting at the end (a shard resumed after its last line) is answered
+            // 416: there is nothing left to read, which is not an error.
+            Err(e) if offset > 0 && e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
+                return Ok(Box::pin(tokio::io::BufReader::new(tokio::io::empty())));
+            }
+            Err(e) => return Err(self.error("read", key, e)),
+        };
         Ok(Box::pin(out.body.into_async_read()))
     }
 
@@ -178,6 +186,43 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| self.error("write", key, e))?;
         Ok(())
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, StorageError> {
+        let out = match self.client.get_object().bucket(&self.bucket).key(self.key(key)).send().await {
+            Ok(out) => out,
+            Err(e) => {
+                return match self.error("read", key, e) {
+                    StorageError::NotFound { .. } => Ok(None),
+                    other => Err(other),
+                };
+            }
+        };
+        let version = out.e_tag().unwrap_or_default().to_string();
+        let data = out.body.collect().await.map_err(|e| StorageError::S3 {
+            op: "read",
+            uri: self.uri(key),
+            detail: DisplayErrorContext(&e).to_string(),
+        })?;
+        Ok(Some(Versioned { body: data.into_bytes(), version }))
+    }
+
+    async fn put_if(&self, key: &str, body: Bytes, condition: Condition<'_>) -> Result<String, StorageError> {
+        let req =
+            self.client.put_object().bucket(&self.bucket).key(self.key(key)).body(ByteStream::from(body));
+        let req = match condition {
+            Condition::Absent => req.if_none_match("*"),
+            Condition::Version(etag) => req.if_match(etag),
+        };
+        match req.send().await {
+            Ok(out) => Ok(out.e_tag().unwrap_or_default().to_string()),
+            // 412: the condition failed; 409: a concurrent conditional write to the same key
+            // (AWS) is in flight. Either way another writer got there first.
+            Err(e) if matches!(e.raw_response().map(|r| r.status().as_u16()), Some(409 | 412)) => {
+                Err(StorageError::Conflict { uri: self.uri(key) })
+            }
+            Err(e) => Err(self.error("write", key, e)),
+        }
     }
 
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {

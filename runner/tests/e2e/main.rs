@@ -6,6 +6,7 @@ mod common;
 mod chat;
 mod cuda_build;
 mod embeddings;
+mod fencing;
 mod malformed;
 mod resume;
 mod s3;

@@ -239,3 +239,47 @@ fn outputs_larger_than_a_part_go_up_in_parts_and_read_back_whole() {
     let expected: Vec<String> = (0..8000).map(|i| format!("req-{i}")).collect();
     assert_eq!(custom_ids(&results), expected);
 }
+
+/// A shard whose last window was checkpointed but not yet marked done resumes at the end of
+/// the input: S3 answers that range with 416, which means nothing is left, not an error.
+/// And two jobs on one S3 output: the second is refused by the claim, S3's conditional write.
+#[test]
+fn a_resume_at_the_end_of_the_input_finishes_and_a_second_job_is_refused_by_the_claim() {
+    let m = Minio::start();
+    create_bucket(&m, "models");
+    create_bucket(&m, "data");
+    upload_model(&m, "models", "minilm/");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local_input = dir.path().join("in.jsonl");
+    write_requests(&local_input, 100);
+    put(&m, "data", "in.jsonl", std::fs::read(&local_input).expect("input"));
+    put(&m, "data", "other.jsonl", embed_line("x", "another job").into_bytes());
+    let cache = dir.path().join("cache").display().to_string();
+    let run = |input: &str| {
+        m.runner()
+            .args(["run", "--model", "s3://models/minilm/", "--input", input, "--output", "s3://data/out/"])
+            .args(["--cache-dir", &cache])
+            .output()
+            .expect("runs")
+    };
+    let first = run("s3://data/in.jsonl");
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+
+    let key = "out/_barge/shard-00000-of-00001/checkpoint.json";
+    let mut cp: Value = serde_json::from_slice(&get(&m, "data", key).expect("checkpoint")).expect("JSON");
+    assert_eq!(cp["nextOffset"].as_u64(), Some(std::fs::metadata(&local_input).expect("size").len()));
+    cp["done"] = Value::Bool(false);
+    put(&m, "data", key, serde_json::to_vec(&cp).expect("JSON"));
+    block_on(m.client().delete_object().bucket("data").key("out/manifest.json").send()).expect("delete");
+    let again = run("s3://data/in.jsonl");
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{log}");
+    assert!(log.contains("resuming after the last checkpoint"), "{log}");
+    assert_eq!(custom_ids(&jsonl(&get(&m, "data", "out/results.jsonl").expect("results"))).len(), 100);
+
+    let other = run("s3://data/other.jsonl");
+    assert!(!other.status.success());
+    let log = String::from_utf8_lossy(&other.stderr);
+    assert!(log.contains("holds a different job"), "{log}");
+    assert_eq!(custom_ids(&jsonl(&get(&m, "data", "out/results.jsonl").expect("results"))).len(), 100);
+}
