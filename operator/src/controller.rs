@@ -157,12 +157,14 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Context>) -> Result<Requeue,
     let progress = ctx.progress.fetch(&k, &pods).await;
 
     let guard = if wants_to_start(&job) { Some(ctx.admission.lock().await) } else { None };
-    let (admission, wake) = match guard {
-        Some(_) => {
+    let owner = guard.as_ref().and_then(|_| crate::output_owner::owner(&job, &ctx.jobs.state()));
+    let (admission, wake) = match (guard.as_ref(), owner) {
+        (Some(_), Some(by)) => (Admission::OutputInUse { by }, None),
+        (Some(_), None) => {
             let verdict = queue::admit(&k, &ctx.queue_entries().await, ctx.cfg.queue);
             (verdict.admission, verdict.wake)
         }
-        None => (Admission::Granted, None),
+        (None, _) => (Admission::Granted, None),
     };
     let decision = plan::plan(
         &Observed { job: &job, pods: &pods, progress: &progress, admission, now: Timestamp::now() },

@@ -13,6 +13,7 @@ pub mod events;
 pub mod fixtures;
 pub mod http;
 pub mod metrics;
+pub mod output_owner;
 pub mod plan;
 pub mod pod_view;
 pub mod progress_client;

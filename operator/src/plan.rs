@@ -34,7 +34,13 @@ const COUNTED_PODS_KEPT: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
     Granted,
-    Queued { message: String },
+    Queued {
+        message: String,
+    },
+    /// Another unfinished job (`namespace/name`) owns the job's output.
+    OutputInUse {
+        by: String,
+    },
 }
 
 pub struct Observed<'a> {
@@ -155,6 +161,8 @@ impl Planner<'_, '_> {
             reason::FINALIZE_FAILED,
             reason::MISSING_SECRET,
             reason::IMAGE_PULL,
+            reason::OUTPUT_IN_USE,
+            reason::OPERATOR_ERROR,
             reason::EXPIRED,
         ]
         .into_iter()
@@ -314,6 +322,17 @@ impl Planner<'_, '_> {
                     self.st.phase = Phase::Pending;
                     self.requeue = Some(Duration::from_secs(30));
                     return Why::new(reason::QUEUED, message.clone());
+                }
+                Admission::OutputInUse { by } => {
+                    self.stop_all_pods();
+                    self.st.phase = Phase::Failed;
+                    return Why::new(
+                        reason::OUTPUT_IN_USE,
+                        format!(
+                            "spec.output.uri {} is the output of BatchJob {by}, which has not finished; two jobs on one output would mix their results. Use another output, or wait for {by} to finish",
+                            self.obs.job.spec.output.uri
+                        ),
+                    );
                 }
                 Admission::Granted => {
                     if self.st.start_time.is_none() {

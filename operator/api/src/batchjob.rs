@@ -493,6 +493,8 @@ pub mod reason {
     pub const NOT_FAILED: &str = "NotFailed";
     /// The operator itself failed on this job (a panic in its reconcile): a bug to report.
     pub const OPERATOR_ERROR: &str = "OperatorError";
+    /// Another unfinished job, created earlier, writes to the same output.
+    pub const OUTPUT_IN_USE: &str = "OutputInUse";
 }
 
 /// Labels and annotations the operator puts on its pods.

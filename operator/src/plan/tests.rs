@@ -106,6 +106,23 @@ fn an_admitted_job_starts_one_pod_per_shard_and_replanning_creates_nothing_more(
 }
 
 #[test]
+fn a_job_whose_output_another_unfinished_job_owns_fails_naming_it() {
+    let mut job = JobBuilder::new("late").build();
+    let d = step_with(&mut job, &[], &none(), Admission::OutputInUse { by: "team-a/early".into() }, 0);
+    assert_eq!(d.status.phase, Phase::Failed);
+    assert!(d.actions.is_empty(), "no pod of it starts");
+    let failed = cond(&d, condition::FAILED);
+    assert_eq!(failed.reason, reason::OUTPUT_IN_USE);
+    assert!(
+        failed.message.contains("team-a/early") && failed.message.contains("spec.output.uri"),
+        "{}",
+        failed.message
+    );
+    let again = step(&mut job, &[], &none(), 5);
+    assert_eq!(cond(&again, condition::FAILED).reason, reason::OUTPUT_IN_USE, "the reason stays");
+}
+
+#[test]
 fn a_job_beyond_the_queue_limits_waits_with_reason_queued() {
     let mut job = JobBuilder::new("emb").build();
     let d = step_with(&mut job, &[], &none(), Admission::Queued { message: "position 2 of 4".into() }, 0);

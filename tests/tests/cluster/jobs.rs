@@ -172,6 +172,29 @@ async fn a_missing_credentials_secret_fails_the_job_with_a_clear_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_second_job_on_a_busy_output_fails_naming_the_first_which_succeeds() {
+    let mut story = Story::new("same-output").await;
+    story.install_operator(&[]).await;
+    story.put("a.jsonl", requests(200, "a")).await;
+    story.put("b.jsonl", requests(5, "b")).await;
+    story.create("first", story.spec("a.jsonl", "shared")).await;
+    story.wait_phase("first", "Running", Duration::from_secs(60)).await;
+    story.create("second", story.spec("b.jsonl", "shared/")).await;
+    let job = story.wait_phase("second", "Failed", Duration::from_secs(60)).await;
+    let (_, why, message) = condition_status(&job, condition::FAILED).expect("Failed condition");
+    assert_eq!(why, reason::OUTPUT_IN_USE);
+    assert!(message.contains(&format!("{}/first", story.ns)), "{message}");
+    story.wait_phase("first", "Succeeded", Duration::from_secs(180)).await;
+    let ids: Vec<String> = story
+        .get_jsonl("shared/results.jsonl")
+        .await
+        .iter()
+        .map(|r| r["custom_id"].as_str().expect("custom_id").to_string())
+        .collect();
+    assert_eq!(ids, (0..200).map(|i| format!("a-{i}")).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_api_server_enforces_the_schema_and_immutability() {
     let mut story = Story::new("schema").await;
     story.install_operator(&[]).await;
