@@ -37,6 +37,10 @@ pub enum Admission {
     Queued {
         message: String,
     },
+    /// The queue's limits can never admit the job (`message` says why).
+    Refused {
+        message: String,
+    },
     /// Another unfinished job (`namespace/name`) owns the job's output.
     OutputInUse {
         by: String,
@@ -322,6 +326,11 @@ impl Planner<'_, '_> {
                     self.st.phase = Phase::Pending;
                     self.requeue = Some(Duration::from_secs(30));
                     return Why::new(reason::QUEUED, message.clone());
+                }
+                Admission::Refused { message } => {
+                    self.stop_all_pods();
+                    self.st.phase = Phase::Failed;
+                    return Why::new(reason::INVALID_SPEC, message.clone());
                 }
                 Admission::OutputInUse { by } => {
                     self.stop_all_pods();

@@ -43,7 +43,7 @@ pub fn startable(entries: &[Entry], limits: QueueConfig) -> Vec<String> {
     let mut free_jobs = free(limits.max_running_jobs, holding.len() as u64);
     let mut free_pods = free(limits.max_running_pods, holding.iter().map(|e| u64::from(e.pods)).sum());
     let mut out = Vec::new();
-    for e in ordered_waiting(entries) {
+    for e in ordered_waiting(entries).into_iter().filter(|e| !never_fits(e, limits)) {
         if free_jobs < 1 || free_pods < u64::from(e.pods) {
             break;
         }
@@ -65,6 +65,15 @@ fn ordered_waiting(entries: &[Entry]) -> Vec<&Entry> {
 /// time in queue order: only the head of the startable jobs is admitted, and it wakes the next.
 pub fn admit(key: &str, entries: &[Entry], limits: QueueConfig) -> Verdict {
     let ready = startable(entries, limits);
+    if let Some(e) = entries.iter().find(|e| e.key == key)
+        && never_fits(e, limits)
+    {
+        let message = format!(
+            "spec.parallelism {} is above the operator's queue.maxRunningPods {}: the job could never start; lower spec.parallelism",
+            e.pods, limits.max_running_pods
+        );
+        return Verdict { admission: Admission::Refused { message }, wake: ready.first().cloned() };
+    }
     if ready.first().map(String::as_str) == Some(key) {
         return Verdict { admission: Admission::Granted, wake: ready.get(1).cloned() };
     }
@@ -99,6 +108,12 @@ pub fn admit(key: &str, entries: &[Entry], limits: QueueConfig) -> Verdict {
     Verdict { admission: Admission::Queued { message }, wake: ready.first().cloned() }
 }
 
+/// A job with more pods than the pod limit would wait forever, and hold back the queue behind
+/// it: it is refused instead, and skipped by the queue.
+fn never_fits(e: &Entry, limits: QueueConfig) -> bool {
+    limits.max_running_pods > 0 && e.pods > limits.max_running_pods
+}
+
 fn free(limit: u32, used: u64) -> u64 {
     if limit == 0 { u64::MAX } else { u64::from(limit).saturating_sub(used) }
 }
@@ -119,6 +134,24 @@ mod tests {
 
     fn limits(jobs: u32, pods: u32) -> QueueConfig {
         QueueConfig { max_running_jobs: jobs, max_running_pods: pods }
+    }
+
+    /// A job with more pods than maxRunningPods once waited forever at the head of the queue
+    /// and held back every job behind it.
+    #[test]
+    fn a_job_that_can_never_fit_is_refused_and_does_not_block_the_queue() {
+        let e = [entry("huge", 0, 1, 8, Slot::Waiting), entry("small", 0, 2, 2, Slot::Waiting)];
+        match admit("huge", &e, limits(0, 4)).admission {
+            Admission::Refused { message } => {
+                assert!(
+                    message.contains("spec.parallelism 8") && message.contains("maxRunningPods 4"),
+                    "{message}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(startable(&e, limits(0, 4)), ["small"]);
+        assert_eq!(admit("small", &e, limits(0, 4)).admission, Admission::Granted);
     }
 
     #[test]
