@@ -33,7 +33,11 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new(IMMUTABLE_WHILE_STARTED)
         .message("model, input, output and parallelism cannot change once the job has started")
-        .reason(Reason::FieldValueForbidden)
+        .reason(Reason::FieldValueForbidden),
+    validation = fixed_once_started("storage", "its runners would resume against another store"),
+    validation = fixed_once_started("defaults", "requests already answered used the old ones"),
+    validation = fixed_once_started("batching", "its checkpoints were cut with the old windows"),
+    validation = fixed_once_started("image", "a different runner would resume the output")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BatchJobSpec {
@@ -105,6 +109,20 @@ pub struct BatchJobSpec {
 pub const IMMUTABLE_WHILE_STARTED: &str = "!has(oldSelf.status) || !has(oldSelf.status.startTime) || \
      (self.spec.model == oldSelf.spec.model && self.spec.input == oldSelf.spec.input && \
      self.spec.output == oldSelf.spec.output && self.spec.parallelism == oldSelf.spec.parallelism)";
+
+/// A CEL rule that fixes the optional `spec.<field>` once the job has started (set, changed or
+/// removed alike): every field the runners' resume depends on is part of the work order.
+fn fixed_once_started(field: &str, why: &str) -> kube::core::Rule {
+    kube::core::Rule::new(format!(
+        "!has(oldSelf.status) || !has(oldSelf.status.startTime) || \
+         (has(self.spec.{field}) ? (has(oldSelf.spec.{field}) && self.spec.{field} == oldSelf.spec.{field}) \
+         : !has(oldSelf.spec.{field}))"
+    ))
+    .message(kube::core::Message::Message(format!(
+        "spec.{field} cannot change once the job has started: {why}"
+    )))
+    .reason(kube::core::Reason::FieldValueForbidden)
+}
 
 fn default_parallelism() -> u32 {
     1

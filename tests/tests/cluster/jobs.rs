@@ -231,6 +231,18 @@ async fn the_api_server_enforces_the_schema_and_immutability() {
     let err = String::from_utf8_lossy(&patch.stderr);
     assert!(!patch.status.success(), "parallelism changed on a running job");
     assert!(err.contains("cannot change once the job has started"), "{err}");
+    // Every field a resume depends on is fixed too, each refusal naming its field.
+    for (field, patch) in [
+        ("spec.batching", r#"{"spec":{"batching":{"checkpointEvery":7}}}"#),
+        ("spec.defaults", r#"{"spec":{"defaults":{"maxTokens":9}}}"#),
+        ("spec.image", r#"{"spec":{"image":"example.org/other:1"}}"#),
+        ("spec.storage", r#"{"spec":{"storage":{"region":"eu-west-1"}}}"#),
+    ] {
+        let out = kubectl(&["patch", "bj", "fixed", "-n", &story.ns, "--type=merge", "-p", patch]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{field} changed on a running job");
+        assert!(err.contains(&format!("{field} cannot change once the job has started")), "{err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
