@@ -463,13 +463,23 @@ impl Planner<'_, '_> {
                     }
                     c.total = Some(tm.counts.completed + tm.counts.failed + unprocessed);
                 }
+                // A job stopped before any runner wrote has nothing merged and no files.
+                let merged_nothing = end != Phase::Succeeded
+                    && tm.as_ref().is_some_and(|t| t.message.is_some() && t.counts == Default::default());
                 let out = self.obs.job.spec.output.uri.trim_end_matches('/');
-                self.st.outputs = Some(Outputs {
+                self.st.outputs = (!merged_nothing).then(|| Outputs {
                     results: format!("{out}/results.jsonl"),
                     errors: format!("{out}/errors.jsonl"),
                     manifest: format!("{out}/manifest.json"),
                 });
                 self.st.phase = end;
+                if merged_nothing {
+                    let why = match end {
+                        Phase::Cancelled => "cancelled",
+                        _ => "completion window passed",
+                    };
+                    return Why::new(r, format!("{why} before any runner had started writing: nothing ran"));
+                }
                 let c = self.st.request_counts;
                 let message = match end {
                     Phase::Succeeded => format!(

@@ -234,6 +234,32 @@ async fn run_finalize(args: FinalizeArgs) -> ExitCode {
     let termination = termination_path(args.termination_message_path.clone());
     let s3 = if args.output.is_s3() { Some(storage::s3_client(&args.s3.options()).await) } else { None };
     let store = storage::open(&args.output, &s3);
+    if args.partial {
+        // Cancelled or expired before any runner got as far as writing: there is nothing to
+        // merge, which is a cancelled job's normal end, not a failed finalize.
+        match finalize::read_job(store.as_ref()).await {
+            Ok(None) => {
+                let message = format!(
+                    "{} holds no job yet (no runner had started writing): nothing to merge",
+                    store.uri("")
+                );
+                eprintln!("{message}");
+                if let Some(path) = &termination {
+                    let msg = TerminationMessage {
+                        shard: None,
+                        outcome: Outcome::Done,
+                        counts: Default::default(),
+                        unprocessed: 0,
+                        message: Some(message),
+                    };
+                    write_termination_message(path, &msg);
+                }
+                return ExitCode::SUCCESS;
+            }
+            Ok(Some(_)) => {}
+            Err(e) => return fail(termination.as_deref(), None, &e),
+        }
+    }
     let merged = if args.partial {
         match partial_input(store.as_ref(), &s3, &args).await {
             Ok(input) => finalize::finalize_partial(store.as_ref(), args.shards, input).await,

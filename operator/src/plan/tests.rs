@@ -305,6 +305,42 @@ fn cancel_stops_the_runners_and_finalizes_partial_results() {
     assert!(d.status.outputs.is_some());
 }
 
+/// Cancelled after a runner started but before it wrote anything (its model still downloading):
+/// the partial finalize finds no job and merges nothing. That once ended FinalizeFailed.
+#[test]
+fn a_job_cancelled_before_any_runner_wrote_ends_cancelled_with_nothing_merged() {
+    let mut job = JobBuilder::new("emb").build();
+    step(&mut job, &[], &none(), 0);
+    job.spec.cancel = true;
+    let d = step(&mut job, &[], &none(), 12);
+    assert_eq!(created(&d), ["emb-finalize"]);
+    let mut fin = PodBuilder::finalize(&job, true).ended(0, 12, 13, Counts::default(), 0).build();
+    let tm = barge_api::TerminationMessage {
+        shard: None,
+        outcome: barge_api::Outcome::Done,
+        counts: Counts::default(),
+        unprocessed: 0,
+        message: Some(
+            "s3://b/out/ holds no job yet (no runner had started writing): nothing to merge".into(),
+        ),
+    };
+    if let Some(t) = fin
+        .status
+        .as_mut()
+        .and_then(|s| s.container_statuses.as_mut())
+        .and_then(|c| c[0].state.as_mut())
+        .and_then(|s| s.terminated.as_mut())
+    {
+        t.message = Some(tm.to_json());
+    }
+    let d = step(&mut job, &[fin], &none(), 15);
+    assert_eq!(d.status.phase, Phase::Cancelled);
+    assert_eq!(d.status.outputs, None, "no files were written");
+    let complete = cond(&d, condition::COMPLETE);
+    assert_eq!(complete.reason, reason::CANCELLED);
+    assert!(complete.message.contains("nothing ran"), "{}", complete.message);
+}
+
 #[test]
 fn a_passed_completion_window_expires_the_unfinished_requests() {
     let mut job = JobBuilder::new("emb").window("1m").build();

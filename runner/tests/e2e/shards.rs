@@ -106,3 +106,26 @@ fn a_partial_finalize_merges_the_finished_shards_and_counts_what_never_ran() {
     assert_eq!(tm["unprocessed"].as_u64(), Some(unprocessed));
     assert_eq!(tm["completed"].as_u64(), Some(results.len() as u64));
 }
+
+/// A job cancelled (or expired) while its model still downloaded, or while its pods could not
+/// be scheduled, has no `_barge/job.json` yet: its partial finalize ends normally with nothing
+/// merged, so the job ends Cancelled or Expired rather than FinalizeFailed. A full finalize of
+/// such an output is still an error.
+#[test]
+fn a_partial_finalize_of_an_output_no_runner_wrote_succeeds_with_nothing_merged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("empty").display().to_string();
+    let term = dir.path().join("termination-log");
+    let partial = runner()
+        .args(["finalize", "--output", &out, "--shards", "2", "--partial", "--termination-message-path"])
+        .arg(&term)
+        .output()
+        .expect("runs");
+    assert!(partial.status.success(), "{}", String::from_utf8_lossy(&partial.stderr));
+    let tm: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&term).expect("message")).expect("json");
+    assert_eq!((tm["outcome"].as_str(), tm["completed"].as_u64()), (Some("done"), Some(0)));
+    assert!(tm["message"].as_str().is_some_and(|m| m.contains("nothing to merge")), "{tm}");
+    let full = runner().args(["finalize", "--output", &out, "--shards", "2"]).output().expect("runs");
+    assert!(!full.status.success(), "a full finalize needs the job's shards");
+}
