@@ -500,10 +500,33 @@ impl Planner<'_, '_> {
                 Why::new(r, message)
             }
             PodPhase::Failed => {
-                self.st.phase = Phase::Failed;
+                let uid = pod_view::uid(&pod).to_string();
+                if !self.st.finalize_failures.contains(&uid) {
+                    self.st.finalize_failures.push(uid);
+                }
+                let failures = self.st.finalize_failures.len() as u32;
+                let limit = self.obs.job.spec.backoff_limit;
+                let why = pod_view::exit_summary(&pod);
+                if failures > limit {
+                    self.st.phase = Phase::Failed;
+                    return Why::new(
+                        reason::FINALIZE_FAILED,
+                        format!("merging the outputs failed {failures} times (backoffLimit {limit}): {why}"),
+                    );
+                }
+                // Merging is idempotent (an evicted pod, an S3 outage): a fresh pod merges
+                // again once this one is gone.
+                if !pod_view::is_deleting(&pod) {
+                    self.actions.push(Action::DeletePod {
+                        name: pod_view::name(&pod).into(),
+                        uid: pod_view::uid(&pod).into(),
+                    });
+                }
+                self.st.phase = Phase::Finalizing;
+                self.requeue = Some(Duration::from_secs(5 << failures.min(6)));
                 Why::new(
-                    reason::FINALIZE_FAILED,
-                    format!("merging the outputs failed: {}", pod_view::exit_summary(&pod)),
+                    reason::FINALIZING,
+                    format!("merging the outputs failed ({why}); retry {failures} of {limit}"),
                 )
             }
             _ => {

@@ -342,6 +342,10 @@ pub struct BatchJobStatus {
     /// Set once the results are merged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Outputs>,
+    /// UIDs of the finalize pods that failed: finalize is retried up to `spec.backoffLimit`
+    /// times (it is idempotent), each failed pod counted once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finalize_failures: Vec<String>,
     /// When the job was admitted and its first pods created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,

@@ -341,6 +341,35 @@ fn a_job_cancelled_before_any_runner_wrote_ends_cancelled_with_nothing_merged() 
     assert!(complete.message.contains("nothing ran"), "{}", complete.message);
 }
 
+/// An evicted finalize pod or an S3 outage once failed a job whose shards all succeeded.
+#[test]
+fn a_failed_finalize_is_retried_up_to_the_backoff_limit() {
+    let mut job = JobBuilder::new("emb").backoff_limit(1).build();
+    step(&mut job, &[], &none(), 0);
+    let done = PodBuilder::runner(&job, 0).ended(0, 1, 10, counts(5, 5, 0), 0).build();
+    let d = step(&mut job, std::slice::from_ref(&done), &none(), 11);
+    assert_eq!(created(&d), ["emb-finalize"]);
+    let spec_job = job.clone();
+    let failed = |uid: &str| {
+        PodBuilder::finalize(&spec_job, false).uid(uid).ended(1, 11, 12, counts(0, 0, 0), 0).build()
+    };
+    let d = step(&mut job, &[done.clone(), failed("f1")], &none(), 13);
+    assert_eq!(d.status.phase, Phase::Finalizing);
+    assert_eq!(deleted(&d), ["emb-finalize"]);
+    assert!(
+        cond(&d, condition::READY).message.contains("retry 1 of 1"),
+        "{}",
+        cond(&d, condition::READY).message
+    );
+    let again = step(&mut job, &[done.clone(), failed("f1")], &none(), 14);
+    assert_eq!(again.status.finalize_failures, ["f1"], "one pod is one failure, however often it is seen");
+    let d = step(&mut job, std::slice::from_ref(&done), &none(), 20);
+    assert_eq!(created(&d), ["emb-finalize"], "a fresh finalize pod once the failed one is gone");
+    let d = step(&mut job, &[done, failed("f2")], &none(), 30);
+    assert_eq!(d.status.phase, Phase::Failed);
+    assert_eq!(cond(&d, condition::FAILED).reason, reason::FINALIZE_FAILED);
+}
+
 #[test]
 fn a_passed_completion_window_expires_the_unfinished_requests() {
     let mut job = JobBuilder::new("emb").window("1m").build();
