@@ -16,6 +16,15 @@ pub struct Config {
     pub queue: QueueConfig,
     pub pricing: PriceTable,
     pub progress: ProgressConfig,
+    /// How long a pod may fail to pull its image or find its Secret before its job fails:
+    /// registries hiccup and Secrets are often created just after the job.
+    pub start_grace_seconds: u64,
+}
+
+impl Config {
+    pub fn start_grace(&self) -> Duration {
+        Duration::from_secs(self.start_grace_seconds)
+    }
 }
 
 impl Default for Config {
@@ -26,6 +35,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             pricing: PriceTable::default(),
             progress: ProgressConfig::default(),
+            start_grace_seconds: 300,
         }
     }
 }

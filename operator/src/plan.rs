@@ -362,12 +362,11 @@ impl Planner<'_, '_> {
     fn run_shards(&mut self) -> Why {
         let spec = &self.obs.job.spec;
         self.st.phase = Phase::Running;
-        // A pod the user must fix something for (a Secret, an image) ends the job with that reason.
-        let blocked = self.runner_pods().find_map(pod_view::blocked);
-        if let Some((r, message)) = blocked {
-            self.stop_all_pods();
-            self.st.phase = Phase::Failed;
-            return Why::new(r, message);
+        // A pod the user must fix something for (a Secret, an image) ends the job with that
+        // reason, at once or after the start grace when it may clear up by itself.
+        let pods: Vec<Pod> = self.runner_pods().cloned().collect();
+        if let Some(why) = pods.iter().find_map(|p| self.blocked(p)) {
+            return why;
         }
         if let Some(ss) = self.st.shards.iter().find(|s| s.restarts > spec.backoff_limit) {
             let message = format!(
@@ -532,12 +531,37 @@ impl Planner<'_, '_> {
             _ => {
                 self.st.phase = Phase::Finalizing;
                 self.requeue = Some(Duration::from_secs(5));
-                if let Some((r, m)) = pod_view::blocked(&pod) {
-                    self.stop_all_pods();
-                    self.st.phase = Phase::Failed;
-                    return Why::new(r, m);
+                if let Some(why) = self.blocked(&pod) {
+                    return why;
                 }
                 Why::new(reason::FINALIZING, "merging the shards' outputs")
+            }
+        }
+    }
+
+    /// What a blocked pod means for the job: Failed now, or a wait until the start grace
+    /// (counted from the pod's creation) runs out.
+    fn blocked(&mut self, pod: &Pod) -> Option<Why> {
+        let b = pod_view::blocked(pod)?;
+        let deadline = pod_view::created(pod).map(|c| c + self.cfg.start_grace());
+        match deadline {
+            Some(deadline) if b.transient && self.obs.now < deadline => {
+                let left = self.obs.now.duration_until(deadline).unsigned_abs();
+                self.requeue = Some(left.min(Duration::from_secs(15)).max(Duration::from_secs(1)));
+                Some(Why::new(
+                    reason::POD_START_BLOCKED,
+                    format!("{}; the job fails if this lasts another {}", b.message, human(left)),
+                ))
+            }
+            _ => {
+                self.stop_all_pods();
+                self.st.phase = Phase::Failed;
+                let grace = if b.transient {
+                    format!(" (for more than {})", human(self.cfg.start_grace()))
+                } else {
+                    String::new()
+                };
+                Some(Why::new(b.reason, format!("{}{grace}", b.message)))
             }
         }
     }

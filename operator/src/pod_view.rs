@@ -113,23 +113,37 @@ pub fn exit_summary(pod: &Pod) -> String {
     }
 }
 
-/// Why a pending pod cannot start, when the cause needs the user: (reason, message).
-pub fn blocked(pod: &Pod) -> Option<(&'static str, String)> {
+/// Why a pending pod cannot start, when the cause needs the user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocked {
+    pub reason: &'static str,
+    pub message: String,
+    /// Whether it may clear up by itself (a registry hiccup, a Secret created late): the job
+    /// then waits for a while before it fails.
+    pub transient: bool,
+}
+
+pub fn blocked(pod: &Pod) -> Option<Blocked> {
     let status = pod.status.as_ref()?;
     for cs in status.container_statuses.iter().flatten() {
         let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else { continue };
         let msg = waiting.message.clone().unwrap_or_default();
-        match waiting.reason.as_deref() {
+        let (reason, transient) = match waiting.reason.as_deref() {
             Some("CreateContainerConfigError") if msg.contains("secret") || msg.contains("Secret") => {
-                return Some((reason::MISSING_SECRET, format!("pod {}: {msg}", name(pod))));
+                (reason::MISSING_SECRET, true)
             }
-            Some("ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull") => {
-                return Some((reason::IMAGE_PULL, format!("pod {}: {msg}", name(pod))));
-            }
-            _ => {}
-        }
+            Some("ErrImagePull" | "ImagePullBackOff") => (reason::IMAGE_PULL, true),
+            Some("InvalidImageName" | "ErrImageNeverPull") => (reason::IMAGE_PULL, false),
+            _ => continue,
+        };
+        return Some(Blocked { reason, message: format!("pod {}: {msg}", name(pod)), transient });
     }
     None
+}
+
+/// When the pod was created (its age bounds how long a transient block is waited out).
+pub fn created(pod: &Pod) -> Option<k8s_openapi::jiff::Timestamp> {
+    pod.metadata.creation_timestamp.as_ref().map(|t| t.0)
 }
 
 /// The scheduler's complaint about a pod it cannot place, if any.

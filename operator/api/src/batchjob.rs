@@ -517,6 +517,9 @@ pub mod reason {
     pub const OPERATOR_ERROR: &str = "OperatorError";
     /// Another unfinished job, created earlier, writes to the same output.
     pub const OUTPUT_IN_USE: &str = "OutputInUse";
+    /// A pod cannot start yet (its image does not pull, its Secret is missing): waited out for
+    /// the operator's start grace before the job fails.
+    pub const POD_START_BLOCKED: &str = "PodStartBlocked";
 }
 
 /// Labels and annotations the operator puts on its pods.

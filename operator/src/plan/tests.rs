@@ -401,19 +401,54 @@ fn a_bad_spec_fails_once_with_the_field_named_and_starts_nothing() {
     assert_eq!(again.requeue_after, None);
 }
 
+/// A Secret created just after the job, or a registry that hiccups, once failed the job at
+/// once: both are waited out for the start grace (5 minutes by default), with a condition
+/// saying what is awaited, and fail the job only after it.
 #[test]
-fn a_missing_credentials_secret_fails_the_job_with_a_clear_reason() {
+fn a_missing_secret_is_waited_out_for_the_start_grace_then_fails_the_job() {
     let mut job = JobBuilder::new("emb").credentials("nope").build();
     step(&mut job, &[], &none(), 0);
-    let stuck = PodBuilder::runner(&job, 0)
-        .waiting("CreateContainerConfigError", "secret \"nope\" not found")
-        .build();
-    let d = step(&mut job, &[stuck], &none(), 5);
+    let spec_job = job.clone();
+    let stuck = |created: i64| {
+        let mut pod = PodBuilder::runner(&spec_job, 0)
+            .waiting("CreateContainerConfigError", "secret \"nope\" not found")
+            .build();
+        pod.metadata.creation_timestamp = Some(Time(at(created)));
+        pod
+    };
+    let d = step(&mut job, &[stuck(1)], &none(), 60);
+    assert_eq!(d.status.phase, Phase::Running);
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    let ready = cond(&d, condition::READY);
+    assert_eq!(ready.reason, reason::POD_START_BLOCKED);
+    assert!(
+        ready.message.contains("secret \"nope\" not found") && ready.message.contains("4m"),
+        "{}",
+        ready.message
+    );
+    assert!(d.requeue_after.is_some_and(|r| r <= Duration::from_secs(15)));
+
+    let d = step(&mut job, &[stuck(1)], &none(), 302);
     assert_eq!(d.status.phase, Phase::Failed);
     let failed = cond(&d, condition::FAILED);
     assert_eq!(failed.reason, reason::MISSING_SECRET);
-    assert!(failed.message.contains("secret \"nope\" not found"), "{}", failed.message);
+    assert!(
+        failed.message.contains("secret \"nope\" not found") && failed.message.contains("more than 5m"),
+        "{}",
+        failed.message
+    );
     assert_eq!(deleted(&d), ["emb-shard-0"]);
+}
+
+#[test]
+fn an_image_name_that_can_never_pull_fails_at_once() {
+    let mut job = JobBuilder::new("emb").build();
+    step(&mut job, &[], &none(), 0);
+    let mut pod = PodBuilder::runner(&job, 0).waiting("InvalidImageName", "invalid reference format").build();
+    pod.metadata.creation_timestamp = Some(Time(at(1)));
+    let d = step(&mut job, &[pod], &none(), 5);
+    assert_eq!(d.status.phase, Phase::Failed);
+    assert_eq!(cond(&d, condition::FAILED).reason, reason::IMAGE_PULL);
 }
 
 #[test]

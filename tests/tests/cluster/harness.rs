@@ -188,6 +188,8 @@ impl Story {
             format!("watchNamespace={}", self.ns),
             "progress.pollIntervalSeconds=1".to_string(),
             "progress.timeoutMilliseconds=500".to_string(),
+            // The stories of a missing Secret and an unpullable image wait this out.
+            "startGraceSeconds=15".to_string(),
             r"logLevel=info\,barge_operator=debug".to_string(),
         ];
         let mut helm = Command::new("helm");
