@@ -15,6 +15,8 @@ pub enum FetchError {
     Storage(#[from] StorageError),
     #[error("the model location {uri} holds no files")]
     Empty { uri: String },
+    #[error("the model location {uri} lists {key:?}, a name that would land outside the model's folder")]
+    UnsafeKey { uri: String, key: String },
     #[error("cannot use the model cache {path}: {source}")]
     Cache {
         path: String,
@@ -43,6 +45,12 @@ pub fn default_cache_dir() -> PathBuf {
 
 /// Only these files make a model; anything else under the prefix (READMEs, ONNX copies,
 /// optimizer state) is not downloaded.
+/// Whether `key` stays inside the folder it is joined to: relative, with no `..`, `.` or empty
+/// parts (S3 keys may be `/a.json` or `../a.json`; joined to a path, those escape it).
+fn stays_inside(key: &str) -> bool {
+    !key.is_empty() && key.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
 fn is_model_file(key: &str) -> bool {
     let depth_ok = key.matches('/').count() <= 1;
     depth_ok && [".json", ".safetensors", ".gguf", ".txt", ".model"].iter().any(|ext| key.ends_with(ext))
@@ -173,6 +181,9 @@ async fn fetch_s3(
     if objects.is_empty() {
         return Err(FetchError::Empty { uri: location.to_string() });
     }
+    if let Some(bad) = objects.iter().find(|o| !stays_inside(&o.key)) {
+        return Err(FetchError::UnsafeKey { uri: location.to_string(), key: bad.key.clone() });
+    }
     let etag = combined_etag(&location.to_string(), &objects);
     let dir = cache_dir.join("models").join(&etag);
     let cache_err = |path: &Path| {
@@ -217,6 +228,16 @@ async fn fetch_s3(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_that_would_escape_the_cache_folder_are_refused() {
+        for good in ["config.json", "1_Pooling/config.json", "model.gguf"] {
+            assert!(stays_inside(good), "{good}");
+        }
+        for bad in ["/a.json", "../a.json", "a/../../b.json", "./a.json", "a//b.json", ""] {
+            assert!(!stays_inside(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn only_model_files_are_fetched() {

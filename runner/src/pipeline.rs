@@ -85,6 +85,10 @@ pub enum RunError {
     Fetch(#[from] FetchError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(
+        "{stage} panicked ({message}): this is a bug in barge-runner; the checkpoint keeps what was written"
+    )]
+    Panicked { stage: &'static str, message: String },
     #[error(transparent)]
     Device(#[from] DeviceError),
     #[error("the Anthropic format needs a chat model, and {model} is an embedding model")]
@@ -227,7 +231,10 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
         }
     })
     .await
-    .expect("model loading does not panic")?;
+    .map_err(|e| RunError::Panicked {
+        stage: "loading the model",
+        message: e.try_into_panic().map(|p| panic_message(&p)).unwrap_or_else(|e| e.to_string()),
+    })??;
     let (architecture, dimensions, max_seq_len) = match &loaded {
         Loaded::Embedding(m) => (m.info.architecture.to_string(), m.info.dimensions, m.info.max_seq_len),
         Loaded::Decoder(m) => (m.architecture.clone(), 0, m.decoder.context_len()),
@@ -763,14 +770,22 @@ impl Stages {
         drop(done_rx);
         let model_result =
             tokio::task::spawn_blocking(move || model.join()).await.expect("joining does not panic");
-        let _ = tokio::task::spawn_blocking(move || prepare.join()).await;
+        let prepare_result =
+            tokio::task::spawn_blocking(move || prepare.join()).await.expect("joining does not panic");
         let read_result = read.await.expect("the reader does not panic");
+        // A panicking stage is a bug, reported as one (exit 1, with its message), not as a stop
+        // request: the input it would have ended is not "interrupted".
+        if let Err(panic) = prepare_result {
+            return Err(RunError::Panicked { stage: "request parsing", message: panic_message(&panic) });
+        }
         if let Some(e) = write_error {
             return Err(e);
         }
         match model_result {
             Ok(result) => result?,
-            Err(_) => panic!("the model thread panicked — this is a bug"),
+            Err(panic) => {
+                return Err(RunError::Panicked { stage: "the model", message: panic_message(&panic) });
+            }
         }
         let (eof, sent) = read_result?;
         let done = eof && sent == written;
@@ -808,4 +823,13 @@ impl Stages {
         tracing::debug!(chunk = cp.chunks - 1, lines = cp.counts.lines, "checkpoint written");
         Ok(())
     }
+}
+
+/// The text a panic carried, if it carried one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }

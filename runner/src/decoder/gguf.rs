@@ -22,8 +22,11 @@ impl Gguf {
         let bad = |detail: String| ModelError::BadFile { path: path.display().to_string(), detail };
         let file = File::open(path).map_err(|e| bad(e.to_string()))?;
         let mut reader = BufReader::new(file);
-        let content =
-            Content::read(&mut reader).map_err(|e| bad(format!("not a readable GGUF file: {e}")))?;
+        // candle's reader trusts the header (an alignment of 0 divides by zero): a hostile file
+        // must be an error, never a panic of the runner.
+        let content = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)))
+            .map_err(|_| bad("not a readable GGUF file: its header is malformed".into()))?
+            .map_err(|e| bad(format!("not a readable GGUF file: {e}")))?;
         Ok(Gguf { path: path.to_path_buf(), content, reader })
     }
 
@@ -174,4 +177,49 @@ fn as_i64(v: &Value) -> Option<i64> {
 
 fn as_usize(v: &Value) -> Option<usize> {
     as_i64(v).and_then(|x| usize::try_from(x).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::gguf_file;
+
+    use super::*;
+
+    /// A GGUF file with these metadata and no tensors.
+    pub(crate) fn gguf_with(dir: &Path, metadata: &[(&str, Value)]) -> PathBuf {
+        let path = dir.join("hostile.gguf");
+        let mut file = std::fs::File::create(&path).expect("create");
+        let refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+        gguf_file::write(&mut file, &refs, &[]).expect("write a GGUF");
+        path
+    }
+
+    #[test]
+    fn a_header_with_alignment_zero_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = gguf_with(dir.path(), &[("general.alignment", Value::U32(0))]);
+        let err = Gguf::open(&path).err().expect("refused");
+        assert!(err.to_string().contains("malformed"), "{err}");
+    }
+
+    #[test]
+    fn zero_heads_or_layers_are_refused_with_the_shape_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (heads, layers) in [(0u32, 62u32), (4, 0)] {
+            let path = gguf_with(
+                dir.path(),
+                &[
+                    ("general.architecture", Value::String("gemma3".into())),
+                    ("gemma3.embedding_length", Value::U32(64)),
+                    ("gemma3.attention.head_count", Value::U32(heads)),
+                    ("gemma3.block_count", Value::U32(layers)),
+                    ("gemma3.feed_forward_length", Value::U32(128)),
+                    ("gemma3.vocab_size", Value::U32(10)),
+                ],
+            );
+            let g = Gguf::open(&path).expect("a readable header");
+            let err = super::super::llama::LlamaConfig::from_gguf(&g).err().expect("refused");
+            assert!(err.to_string().contains("inconsistent shape"), "{err}");
+        }
+    }
 }

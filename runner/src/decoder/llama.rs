@@ -211,7 +211,7 @@ impl LlamaConfig {
                 sliding_window: g.usize(&key("attention.sliding_window"))?.unwrap_or(512),
                 pattern: 6,
                 attn_scale: if layers == 62 {
-                    1.0 / ((hidden / heads) as f32).sqrt()
+                    1.0 / ((hidden / heads.max(1)) as f32).sqrt()
                 } else {
                     1.0 / (head_dim as f32).sqrt()
                 },
@@ -242,14 +242,26 @@ impl LlamaConfig {
         if self.heads == 0
             || self.kv_heads == 0
             || !self.heads.is_multiple_of(self.kv_heads)
+            || self.head_dim == 0
             || !self.head_dim.is_multiple_of(2)
             || self.vocab == 0
+            || self.hidden == 0
+            || self.layers == 0
+            || self.ffn == 0
+            || self.context == 0
         {
             return Err(ModelError::BadFile {
                 path: path.into(),
                 detail: format!(
-                    "inconsistent shape: {} heads, {} KV heads, head size {}, vocabulary {}",
-                    self.heads, self.kv_heads, self.head_dim, self.vocab
+                    "inconsistent shape: {} heads, {} KV heads, head size {}, vocabulary {}, hidden size {}, {} layers, feed-forward size {}, context {}",
+                    self.heads,
+                    self.kv_heads,
+                    self.head_dim,
+                    self.vocab,
+                    self.hidden,
+                    self.layers,
+                    self.ffn,
+                    self.context
                 ),
             });
         }
