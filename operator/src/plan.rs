@@ -351,6 +351,13 @@ impl Planner<'_, '_> {
                 }
             }
         }
+        if self.obs.job.spec.parallelism == 1
+            && self.st.phase != Phase::Finalizing
+            && self.finalize_pod().is_none()
+            && self.st.shards.first().is_some_and(|s| s.phase == ShardPhase::Succeeded)
+        {
+            return self.merged_by_its_runner();
+        }
         if self.st.phase == Phase::Finalizing
             || self.st.shards.iter().all(|s| s.phase == ShardPhase::Succeeded)
         {
@@ -429,6 +436,28 @@ impl Planner<'_, '_> {
             return Why::new(r, "stopped before it started");
         }
         self.finalize(true, end)
+    }
+
+    /// A job of one shard: its runner merged the output itself, as an unsharded run does (a
+    /// finalize pod would merge it a second time).
+    fn merged_by_its_runner(&mut self) -> Why {
+        let ss = &self.st.shards[0];
+        let (completed, failed) = (ss.completed, ss.failed);
+        let c = &mut self.st.request_counts;
+        c.completed = completed;
+        c.failed = failed;
+        c.total = Some(completed + failed);
+        let out = self.obs.job.spec.output.uri.trim_end_matches('/');
+        self.st.outputs = Some(Outputs {
+            results: format!("{out}/results.jsonl"),
+            errors: format!("{out}/errors.jsonl"),
+            manifest: format!("{out}/manifest.json"),
+        });
+        self.st.phase = Phase::Succeeded;
+        Why::new(
+            reason::SUCCEEDED,
+            format!("{} requests: {completed} completed, {failed} failed", completed + failed),
+        )
     }
 
     /// The finalize pod merges the shards' outputs; `end` is the phase once it has.

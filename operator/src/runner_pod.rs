@@ -23,6 +23,10 @@ use crate::config::Config;
 pub const CACHE_DIR: &str = "/var/cache/barge";
 pub const TERMINATION_PATH: &str = "/dev/termination-log";
 pub const RUNNER_UID: i64 = 65532;
+/// The model cache's size limit unless the job sets `resources.modelCache`.
+pub const DEFAULT_MODEL_CACHE: &str = "100Gi";
+/// Scratch space of a runner pod (its root filesystem is read-only).
+const TMP_SIZE: &str = "1Gi";
 
 pub fn shard_pod_name(job: &str, index: u32) -> String {
     format!("{job}-shard-{index}")
@@ -288,12 +292,24 @@ fn pod(
             volumes: Some(vec![
                 Volume {
                     name: "cache".into(),
-                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        size_limit: Some(
+                            job.spec
+                                .resources
+                                .as_ref()
+                                .and_then(|r| r.model_cache.clone())
+                                .unwrap_or_else(|| Quantity(DEFAULT_MODEL_CACHE.into())),
+                        ),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 },
                 Volume {
                     name: "tmp".into(),
-                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        size_limit: Some(Quantity(TMP_SIZE.into())),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 },
             ]),
@@ -314,6 +330,29 @@ mod tests {
 
     fn env_names(pod: &Pod) -> Vec<String> {
         container(pod).env.iter().flatten().map(|e| e.name.clone()).collect()
+    }
+
+    /// The model cache once had no size limit: a runaway download could fill the node's disk.
+    #[test]
+    fn the_pod_s_scratch_volumes_have_size_limits() {
+        let limits = |job: &BatchJob| -> Vec<(String, Option<String>)> {
+            let pod = shard_pod(job, 0, &Config::default());
+            pod.spec
+                .expect("spec")
+                .volumes
+                .expect("volumes")
+                .into_iter()
+                .map(|v| (v.name, v.empty_dir.and_then(|e| e.size_limit).map(|q| q.0)))
+                .collect()
+        };
+        let job = JobBuilder::new("emb").build();
+        assert_eq!(
+            limits(&job),
+            [("cache".to_string(), Some("100Gi".to_string())), ("tmp".to_string(), Some("1Gi".to_string()))]
+        );
+        let mut big = job.clone();
+        big.spec.resources.get_or_insert_with(Default::default).model_cache = Some(Quantity("400Gi".into()));
+        assert_eq!(limits(&big)[0].1.as_deref(), Some("400Gi"));
     }
 
     #[test]

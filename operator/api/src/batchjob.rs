@@ -253,6 +253,11 @@ pub struct RunnerResources {
     /// Memory request and limit per pod, e.g. `16Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Quantity>,
+    /// Size limit of the pod's model cache (an emptyDir on the node's disk, where the model is
+    /// downloaded), default `100Gi`: the kubelet evicts a pod that outgrows it rather than let
+    /// it fill the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_cache: Option<Quantity>,
 }
 
 /// A price for this job's compute.

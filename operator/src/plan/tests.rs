@@ -213,6 +213,21 @@ fn too_many_failures_fail_the_job_with_the_last_error() {
     assert!(d.status.completion_time.is_some());
 }
 
+/// A one-shard runner merges its own output (an unsharded run finalizes itself); a finalize pod
+/// used to merge it all again.
+#[test]
+fn a_one_shard_job_succeeds_on_its_runner_s_own_merge_without_a_finalize_pod() {
+    let mut job = JobBuilder::new("emb").build();
+    step(&mut job, &[], &none(), 0);
+    let done = PodBuilder::runner(&job, 0).ended(0, 0, 50, counts(6, 5, 1), 0).build();
+    let d = step(&mut job, &[done], &none(), 51);
+    assert!(created(&d).is_empty(), "no finalize pod: {:?}", created(&d));
+    assert_eq!(d.status.phase, Phase::Succeeded);
+    let c = d.status.request_counts;
+    assert_eq!((c.completed, c.failed, c.total), (5, 1, Some(6)));
+    assert_eq!(d.status.outputs.as_ref().map(|o| o.manifest.as_str()), Some("s3://out/emb/manifest.json"));
+}
+
 #[test]
 fn finished_shards_are_merged_by_one_finalize_pod_then_the_job_succeeds() {
     let mut job = JobBuilder::new("emb").parallelism(2).build();
@@ -344,16 +359,20 @@ fn a_job_cancelled_before_any_runner_wrote_ends_cancelled_with_nothing_merged() 
 /// An evicted finalize pod or an S3 outage once failed a job whose shards all succeeded.
 #[test]
 fn a_failed_finalize_is_retried_up_to_the_backoff_limit() {
-    let mut job = JobBuilder::new("emb").backoff_limit(1).build();
+    let mut job = JobBuilder::new("emb").backoff_limit(1).parallelism(2).build();
     step(&mut job, &[], &none(), 0);
-    let done = PodBuilder::runner(&job, 0).ended(0, 1, 10, counts(5, 5, 0), 0).build();
-    let d = step(&mut job, std::slice::from_ref(&done), &none(), 11);
+    let done = [
+        PodBuilder::runner(&job, 0).ended(0, 1, 10, counts(5, 5, 0), 0).build(),
+        PodBuilder::runner(&job, 1).ended(0, 1, 10, counts(5, 5, 0), 0).build(),
+    ];
+    let d = step(&mut job, &done, &none(), 11);
     assert_eq!(created(&d), ["emb-finalize"]);
     let spec_job = job.clone();
     let failed = |uid: &str| {
         PodBuilder::finalize(&spec_job, false).uid(uid).ended(1, 11, 12, counts(0, 0, 0), 0).build()
     };
-    let d = step(&mut job, &[done.clone(), failed("f1")], &none(), 13);
+    let with = |extra: Pod| [done[0].clone(), done[1].clone(), extra];
+    let d = step(&mut job, &with(failed("f1")), &none(), 13);
     assert_eq!(d.status.phase, Phase::Finalizing);
     assert_eq!(deleted(&d), ["emb-finalize"]);
     assert!(
@@ -361,11 +380,11 @@ fn a_failed_finalize_is_retried_up_to_the_backoff_limit() {
         "{}",
         cond(&d, condition::READY).message
     );
-    let again = step(&mut job, &[done.clone(), failed("f1")], &none(), 14);
+    let again = step(&mut job, &with(failed("f1")), &none(), 14);
     assert_eq!(again.status.finalize_failures, ["f1"], "one pod is one failure, however often it is seen");
-    let d = step(&mut job, std::slice::from_ref(&done), &none(), 20);
+    let d = step(&mut job, &done, &none(), 20);
     assert_eq!(created(&d), ["emb-finalize"], "a fresh finalize pod once the failed one is gone");
-    let d = step(&mut job, &[done, failed("f2")], &none(), 30);
+    let d = step(&mut job, &with(failed("f2")), &none(), 30);
     assert_eq!(d.status.phase, Phase::Failed);
     assert_eq!(cond(&d, condition::FAILED).reason, reason::FINALIZE_FAILED);
 }

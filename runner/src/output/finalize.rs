@@ -272,7 +272,10 @@ async fn finalize_with(
         return Err(e);
     }
     let Merger { results, errors, completed, failed, .. } = merger;
-    results.finish().await?;
+    if let Err(e) = results.finish().await {
+        errors.abort().await;
+        return Err(e.into());
+    }
     errors.finish().await?;
 
     let mut totals = Counts::default();

@@ -362,11 +362,16 @@ impl ObjectWriter for S3Writer {
             let body = self.buf.split().freeze();
             return self.store.put(&self.key, body).await;
         }
-        if !self.buf.is_empty() {
-            self.upload_part().await?;
+        // A failed upload is aborted: S3 keeps (and bills) the parts of an unfinished one.
+        if !self.buf.is_empty()
+            && let Err(e) = self.upload_part().await
+        {
+            self.abort().await;
+            return Err(e);
         }
         let s = &self.store;
-        s.client
+        let completed = s
+            .client
             .complete_multipart_upload()
             .bucket(&s.bucket)
             .key(s.key(&self.key))
@@ -374,7 +379,11 @@ impl ObjectWriter for S3Writer {
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(self.parts.clone())).build())
             .send()
             .await
-            .map_err(|e| s.error("finish uploading", &self.key, e))?;
+            .map_err(|e| s.error("finish uploading", &self.key, e));
+        if let Err(e) = completed {
+            self.abort().await;
+            return Err(e);
+        }
         Ok(())
     }
 
