@@ -311,11 +311,19 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
     }
 
     let reader = if cp.chunks == 0 && cp.counts.lines == 0 {
-        LineReader::open_shard(stores.input.clone(), &stores.input_key, range, cfg.max_line_bytes).await?
+        LineReader::open_shard(
+            stores.input.clone(),
+            &stores.input_key,
+            Some(&input_meta.etag),
+            range,
+            cfg.max_line_bytes,
+        )
+        .await?
     } else {
         LineReader::resume(
             stores.input.clone(),
             &stores.input_key,
+            Some(&input_meta.etag),
             cp.next_offset,
             range.1,
             cp.counts.lines + 1,

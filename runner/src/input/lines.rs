@@ -46,6 +46,20 @@ pub struct LineReader {
     end: u64,
     next_number: u64,
     max_line: usize,
+    /// The input version the job started with: every (re)open reads only that version.
+    version: Option<String>,
+}
+
+async fn open(
+    store: &dyn ObjectStore,
+    key: &str,
+    version: Option<&str>,
+    offset: u64,
+) -> Result<ByteReader, StorageError> {
+    match version {
+        Some(v) => store.read_version_from(key, offset, v).await,
+        None => store.read_from(key, offset).await,
+    }
 }
 
 impl LineReader {
@@ -53,16 +67,17 @@ impl LineReader {
     pub async fn open_shard(
         store: Arc<dyn ObjectStore>,
         key: &str,
+        version: Option<&str>,
         (start, end): (u64, u64),
         max_line: usize,
     ) -> Result<Self, StorageError> {
         if start == 0 {
-            let mut reader = Self::resume(store, key, 0, end, 1, max_line).await?;
+            let mut reader = Self::resume(store, key, version, 0, end, 1, max_line).await?;
             reader.skip_bom().await?;
             return Ok(reader);
         }
         // The byte before `start` decides: a newline there means a line starts exactly at `start`.
-        let mut reader = Self::resume(store, key, start - 1, end, 1, max_line).await?;
+        let mut reader = Self::resume(store, key, version, start - 1, end, 1, max_line).await?;
         reader.skip_through_newline().await?;
         Ok(reader)
     }
@@ -71,13 +86,23 @@ impl LineReader {
     pub async fn resume(
         store: Arc<dyn ObjectStore>,
         key: &str,
+        version: Option<&str>,
         offset: u64,
         end: u64,
         next_number: u64,
         max_line: usize,
     ) -> Result<Self, StorageError> {
-        let src = store.read_from(key, offset).await?;
-        Ok(LineReader { store, key: key.to_string(), src, pos: offset, end, next_number, max_line })
+        let src = open(store.as_ref(), key, version, offset).await?;
+        Ok(LineReader {
+            store,
+            key: key.to_string(),
+            src,
+            pos: offset,
+            end,
+            next_number,
+            max_line,
+            version: version.map(str::to_string),
+        })
     }
 
     /// The offset where the next line starts.
@@ -94,7 +119,7 @@ impl LineReader {
                     attempt += 1;
                     tracing::warn!(uri = %self.store.uri(&self.key), offset = self.pos, attempt, error = %e, "input stream broke; reopening");
                     tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
-                    match self.store.read_from(&self.key, self.pos).await {
+                    match open(self.store.as_ref(), &self.key, self.version.as_deref(), self.pos).await {
                         Ok(src) => self.src = src,
                         Err(e) if e.is_transient() => continue,
                         Err(e) => return Err(e),
@@ -230,7 +255,7 @@ mod tests {
     #[tokio::test]
     async fn numbers_lines_marks_blank_and_too_long_ones_and_strips_crlf() {
         let (_d, store) = store_with("\u{feff}a\r\n\n   \nbbbbbbbbbbbb\nc").await;
-        let mut r = LineReader::open_shard(store, "in.jsonl", (0, u64::MAX), 5).await.expect("open");
+        let mut r = LineReader::open_shard(store, "in.jsonl", None, (0, u64::MAX), 5).await.expect("open");
         let lines = read_all(&mut r).await;
         let shown: Vec<_> = lines.iter().map(|l| (l.number, text(l))).collect();
         assert_eq!(
@@ -255,8 +280,9 @@ mod tests {
             let mut seen = Vec::new();
             for index in 0..count {
                 let range = shard_range(size, ShardId { index, count });
-                let mut r =
-                    LineReader::open_shard(store.clone(), "in.jsonl", range, 1 << 20).await.expect("open");
+                let mut r = LineReader::open_shard(store.clone(), "in.jsonl", None, range, 1 << 20)
+                    .await
+                    .expect("open");
                 seen.extend(read_all(&mut r).await.iter().map(text));
             }
             let expected: Vec<_> = content.lines().map(str::to_string).collect();
@@ -264,12 +290,32 @@ mod tests {
         }
     }
 
+    /// An input replaced mid-run was read as a mix of two versions: a reader pinned to the
+    /// version the job started with refuses the new one instead.
+    #[tokio::test]
+    async fn a_pinned_reader_refuses_an_input_replaced_since_the_job_started() {
+        let (_d, store) = store_with("one\ntwo\nthree\n").await;
+        let started = store.head("in.jsonl").await.expect("head").expect("exists").etag;
+        let mut r = LineReader::open_shard(store.clone(), "in.jsonl", Some(&started), (0, 14), 100)
+            .await
+            .expect("open");
+        let first = r.next_line().await.expect("read").expect("a line");
+        store.put("in.jsonl", bytes::Bytes::from_static(b"other\ncontent, longer\n")).await.expect("replace");
+        let err = LineReader::resume(store.clone(), "in.jsonl", Some(&started), first.end, 14, 2, 100)
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(err, StorageError::Changed { .. }), "{err}");
+        assert!(err.to_string().contains("changed while the job read it"), "{err}");
+    }
+
     #[tokio::test]
     async fn resuming_at_a_recorded_offset_continues_numbering() {
         let (_d, store) = store_with("one\ntwo\nthree\n").await;
-        let mut r = LineReader::open_shard(store.clone(), "in.jsonl", (0, 14), 100).await.expect("open");
+        let mut r =
+            LineReader::open_shard(store.clone(), "in.jsonl", None, (0, 14), 100).await.expect("open");
         let first = r.next_line().await.expect("read").expect("a line");
-        let mut r = LineReader::resume(store, "in.jsonl", first.end, 14, 2, 100).await.expect("resume");
+        let mut r = LineReader::resume(store, "in.jsonl", None, first.end, 14, 2, 100).await.expect("resume");
         let rest: Vec<_> = read_all(&mut r).await.iter().map(|l| (l.number, text(l))).collect();
         assert_eq!(rest, [(2, "two".to_string()), (3, "three".into())]);
     }

@@ -222,9 +222,9 @@ async fn count_rest(
 ) -> Result<(u64, u64), FinalizeError> {
     let range = shard_range(job.spec.input_size, cp.shard);
     let mut reader = if cp.chunks == 0 && cp.counts.lines == 0 {
-        LineReader::open_shard(input.store.clone(), &input.key, range, COUNT_MAX_LINE).await?
+        LineReader::open_shard(input.store.clone(), &input.key, None, range, COUNT_MAX_LINE).await?
     } else {
-        LineReader::resume(input.store.clone(), &input.key, cp.next_offset, range.1, 1, COUNT_MAX_LINE)
+        LineReader::resume(input.store.clone(), &input.key, None, cp.next_offset, range.1, 1, COUNT_MAX_LINE)
             .await?
     };
     let (mut lines, mut requests) = (0, 0);

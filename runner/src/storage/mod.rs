@@ -52,6 +52,10 @@ pub enum StorageError {
     Unreachable { op: &'static str, uri: String, detail: String },
     #[error("S3 failed to {op} {uri}: {detail}")]
     S3 { op: &'static str, uri: String, detail: String },
+    #[error(
+        "{uri} changed while the job read it (its ETag is no longer the one the job started with); a job reads one version of its input: start a new job for the new one"
+    )]
+    Changed { uri: String },
     /// A conditional write lost: the object was created or changed by another writer.
     #[error("{uri} was written by another writer in the meantime")]
     Conflict { uri: String },
@@ -105,6 +109,22 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 
     /// Streams the object from `offset` to its end without loading it.
     async fn read_from(&self, key: &str, offset: u64) -> Result<ByteReader, StorageError>;
+
+    /// Like `read_from`, but only while the object is still the version tagged `etag` (as
+    /// `head` reports it); [`StorageError::Changed`] otherwise. A job pins its input this way,
+    /// so a file replaced mid-run is never read as a mix of two versions.
+    async fn read_version_from(
+        &self,
+        key: &str,
+        offset: u64,
+        etag: &str,
+    ) -> Result<ByteReader, StorageError> {
+        match self.head(key).await? {
+            Some(meta) if meta.etag == etag => self.read_from(key, offset).await,
+            Some(_) => Err(StorageError::Changed { uri: self.uri(key) }),
+            None => Err(StorageError::NotFound { uri: self.uri(key) }),
+        }
+    }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StorageError>;
 

@@ -188,6 +188,29 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
+    async fn read_version_from(
+        &self,
+        key: &str,
+        offset: u64,
+        etag: &str,
+    ) -> Result<ByteReader, StorageError> {
+        // One request: S3 checks the ETag and serves the range together (If-Match), so no
+        // replacement can slip in between a check and the read.
+        let mut req =
+            self.client.get_object().bucket(&self.bucket).key(self.key(key)).if_match(format!("\"{etag}\""));
+        if offset > 0 {
+            req = req.range(format!("bytes={offset}-"));
+        }
+        match req.send().await {
+            Ok(out) => Ok(Box::pin(out.body.into_async_read())),
+            Err(e) => match e.raw_response().map(|r| r.status().as_u16()) {
+                Some(412) => Err(StorageError::Changed { uri: self.uri(key) }),
+                Some(416) if offset > 0 => Ok(Box::pin(tokio::io::BufReader::new(tokio::io::empty()))),
+                _ => Err(self.error("read", key, e)),
+            },
+        }
+    }
+
     async fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, StorageError> {
         let out = match self.client.get_object().bucket(&self.bucket).key(self.key(key)).send().await {
             Ok(out) => out,
