@@ -171,8 +171,14 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Context>) -> Result<Requeue,
         &ctx.cfg,
     );
     let old = job.status.clone().unwrap_or_default();
-    if job.status.as_ref() != Some(&decision.status) {
-        patch_status(&ctx.client, &job, &decision.status).await?;
+    if job.status.as_ref() != Some(&decision.status)
+        && !patch_status(&ctx.client, &job, &decision.status).await?
+    {
+        // The view was stale (the watch cache lags our own writes, or another replica wrote):
+        // nothing was written and nothing is done; the next pass sees the newer object.
+        tracing::debug!(job = %k, "status changed since this view; replanning");
+        ctx.metrics.stale_views.inc();
+        return Ok(Requeue::requeue(Duration::from_millis(500)));
     }
     let held = ctx.slots().insert(k.clone(), decision.holds_slot());
     drop(guard);
@@ -194,17 +200,23 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Context>) -> Result<Requeue,
     })
 }
 
-async fn patch_status(client: &Client, job: &BatchJob, status: &BatchJobStatus) -> Result<(), Error> {
+/// Writes the status planned from `job`, only if the object is still the version the plan saw:
+/// the resourceVersion is a precondition, so a plan made from a lagging cache (or by a paused
+/// old leader) can never overwrite newer counts. Returns false when the view was stale.
+pub async fn patch_status(client: &Client, job: &BatchJob, status: &BatchJobStatus) -> Result<bool, Error> {
     let api: Api<BatchJob> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": "barge.dev/v1alpha1",
         "kind": "BatchJob",
+        "metadata": {"resourceVersion": job.resource_version()},
         "status": status,
     });
-    api.patch_status(&job.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch))
-        .await
-        .map_err(|source| Error::PatchStatus { job: key(job), source })?;
-    Ok(())
+    match api.patch_status(&job.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch)).await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(source) => Err(Error::PatchStatus { job: key(job), source }),
+    }
 }
 
 async fn apply(ctx: &Context, job: &BatchJob, actions: Vec<Action>) -> Result<(), Error> {
@@ -295,7 +307,10 @@ async fn fail_job(ctx: &Context, job: &BatchJob, reason: &'static str, message: 
     status.conditions =
         crate::conditions::conditions(Phase::Failed, &why, job.metadata.generation, &old.conditions, now);
     status.completion_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
-    patch_status(&ctx.client, job, &status).await?;
+    if !patch_status(&ctx.client, job, &status).await? {
+        // Replanned from the newer object on the next pass.
+        return Ok(());
+    }
     if ctx.slots().insert(key(job), false) == Some(true) {
         ctx.wake_head().await;
     }

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub cost_micros: IntGaugeVec,
     pub pods_created: IntCounter,
     pub pods_deleted: IntCounter,
+    pub stale_views: IntCounter,
 }
 
 impl Default for Metrics {
@@ -54,8 +55,14 @@ impl Metrics {
             IntCounter::new("pods_created_total", "Runner and finalize pods created").expect("valid metric");
         let pods_deleted =
             IntCounter::new("pods_deleted_total", "Pods deleted (stop, replace)").expect("valid metric");
+        let stale_views = IntCounter::new(
+            "stale_views_total",
+            "Status writes refused because the job changed since the operator's view of it (replanned)",
+        )
+        .expect("valid metric");
         for m in [
-            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(stale_views.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconciles.clone()),
             Box::new(errors.clone()),
             Box::new(duration.clone()),
             Box::new(jobs.clone()),
@@ -78,6 +85,7 @@ impl Metrics {
             cost_micros,
             pods_created,
             pods_deleted,
+            stale_views,
         }
     }
 

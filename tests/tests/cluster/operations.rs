@@ -64,6 +64,32 @@ async fn fifty_small_jobs_with_a_limit_of_five_all_complete_in_order() {
     }
 }
 
+/// The operator plans a job's status from its watch cache, which lags its own writes and
+/// another replica's. A write planned from an older view of the job is refused, so counts such
+/// as `restarts` never go back and a paused old leader cannot overwrite a newer status.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_status_planned_from_a_stale_view_is_never_written() {
+    use barge_api::batchjob::{BatchJobStatus, Phase, ShardStatus};
+    let story = Story::new("stale-status").await;
+    let created = story.create("stale", story.spec("in.jsonl", "out")).await;
+    let newer = BatchJobStatus {
+        phase: Phase::Running,
+        shards: vec![ShardStatus { restarts: 2, ..Default::default() }],
+        ..Default::default()
+    };
+    let wrote = barge_operator::controller::patch_status(&story.client, &created, &newer).await;
+    assert!(wrote.expect("the write goes through"), "planned from the current object");
+    let older = BatchJobStatus {
+        phase: Phase::Running,
+        shards: vec![ShardStatus { restarts: 1, ..Default::default() }],
+        ..Default::default()
+    };
+    let wrote = barge_operator::controller::patch_status(&story.client, &created, &older).await;
+    assert!(!wrote.expect("a conflict is not an error"), "planned from the object before the last write");
+    let now = story.jobs().get("stale").await.expect("job");
+    assert_eq!(now.status.expect("status").shards[0].restarts, 2, "the newer count stays");
+}
+
 async fn holder(story: &Story) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(story.client.clone(), &story.operator_ns);
     leases.get_opt("barge-operator").await.ok()??.spec?.holder_identity
