@@ -242,6 +242,29 @@ async fn apply(ctx: &Context, job: &BatchJob, actions: Vec<Action>) -> Result<()
                         fail_invalid(ctx, job, message).await?;
                         return Ok(());
                     }
+                    // Admission refused it: a PriorityClass that does not exist never will, so
+                    // the job fails naming it; anything else (a ResourceQuota that is full) may
+                    // free up, and is retried with backoff, told as a Warning event each time.
+                    Err(kube::Error::Api(e)) if e.code == 403 => {
+                        if e.message.contains("PriorityClass") {
+                            let message = format!(
+                                "spec.priorityClassName: the API server refused runner pod {name}: {}",
+                                e.message
+                            );
+                            fail_invalid(ctx, job, message).await?;
+                            return Ok(());
+                        }
+                        let note = events::Note {
+                            reason: "PodCreateRefused",
+                            message: format!(
+                                "the API server refused runner pod {name} (retrying): {}",
+                                e.message
+                            ),
+                            warning: true,
+                        };
+                        publish(ctx, job, note).await;
+                        return Err(Error::CreatePod { pod: name, source: kube::Error::Api(e) });
+                    }
                     Err(source) => return Err(Error::CreatePod { pod: name, source }),
                 }
             }

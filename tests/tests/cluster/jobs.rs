@@ -171,6 +171,22 @@ async fn a_missing_credentials_secret_fails_the_job_with_a_clear_reason() {
     assert!(message.contains("secret \"does-not-exist\" not found"), "{message}");
 }
 
+/// Pod creation refused by admission for a PriorityClass that does not exist once retried
+/// forever, the job Running with no word of why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_priority_class_fails_the_job_naming_the_field() {
+    let mut story = Story::new("no-priority").await;
+    story.install_operator(&[]).await;
+    story.put("in.jsonl", requests(3, "p")).await;
+    let mut spec = story.spec("in.jsonl", "out");
+    spec.priority_class_name = Some("no-such-class".into());
+    story.create("prio", spec).await;
+    let job = story.wait_phase("prio", "Failed", Duration::from_secs(90)).await;
+    let (_, why, message) = condition_status(&job, condition::FAILED).expect("Failed condition");
+    assert_eq!(why, reason::INVALID_SPEC);
+    assert!(message.contains("spec.priorityClassName") && message.contains("no-such-class"), "{message}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_job_on_a_busy_output_fails_naming_the_first_which_succeeds() {
     let mut story = Story::new("same-output").await;
