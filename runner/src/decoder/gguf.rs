@@ -218,7 +218,7 @@ mod tests {
                 ],
             );
             let g = Gguf::open(&path).expect("a readable header");
-            let err = super::super::llama::LlamaConfig::from_gguf(&g).err().expect("refused");
+            let err = super::super::llama::LlamaConfig::from_gguf(&g).expect_err("refused");
             assert!(err.to_string().contains("inconsistent shape"), "{err}");
         }
     }
