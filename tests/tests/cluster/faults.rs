@@ -37,7 +37,7 @@ pub async fn assert_exactly_once(story: &Story, output: &str, n: usize) {
 }
 
 /// Seconds each runner pod of the job ran, from the pods' own container states.
-fn runner_seconds(pods: &[Pod]) -> f64 {
+pub fn runner_seconds(pods: &[Pod]) -> f64 {
     pods.iter()
         .filter(|p| {
             p.metadata.labels.as_ref().and_then(|l| l.get("barge.dev/role")).map(String::as_str)
