@@ -171,17 +171,32 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Context>) -> Result<Requeue,
         &ctx.cfg,
     );
     let old = job.status.clone().unwrap_or_default();
-    if job.status.as_ref() != Some(&decision.status)
-        && !patch_status(&ctx.client, &job, &decision.status).await?
-    {
-        // The view was stale (the watch cache lags our own writes, or another replica wrote):
-        // nothing was written and nothing is done; the next pass sees the newer object.
-        tracing::debug!(job = %k, "status changed since this view; replanning");
-        ctx.metrics.stale_views.inc();
-        return Ok(Requeue::requeue(Duration::from_millis(500)));
-    }
+    // The queue slot is taken (or freed) under the admission lock, and the lock is released
+    // before any write: admitting a thousand jobs must not wait on a thousand API round trips.
     let held = ctx.slots().insert(k.clone(), decision.holds_slot());
     drop(guard);
+    let undo_slot = |ctx: &Context| match held {
+        Some(v) => ctx.slots().insert(k.clone(), v),
+        None => ctx.slots().remove(&k),
+    };
+    if job.status.as_ref() != Some(&decision.status) {
+        match patch_status(&ctx.client, &job, &decision.status).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // The view was stale (the watch cache lags our own writes, or another replica
+                // wrote): nothing was written and nothing is done; the next pass sees the newer
+                // object.
+                undo_slot(&ctx);
+                tracing::debug!(job = %k, "status changed since this view; replanning");
+                ctx.metrics.stale_views.inc();
+                return Ok(Requeue::requeue(Duration::from_millis(500)));
+            }
+            Err(e) => {
+                undo_slot(&ctx);
+                return Err(e);
+            }
+        }
+    }
     if let Some(next) = wake {
         ctx.wake_job(&next);
     }
