@@ -23,6 +23,16 @@ fn malformed_lines_land_in_errors_with_line_numbers_and_the_rest_succeed() {
         with_body("vocab", json!({"input": [101, 999999, 102]})),  // 10
         with_body("tokens", json!({"input": [101, 7592, 2088, 102]})), // 11
         good("ok-2"),                                              // 12
+        "[1, 2, 3]".to_string(),                                   // 13: JSON, not an object
+        json!({"custom_id": 5, "method": "POST", "url": "/v1/embeddings", "body": {"input": "x"}})
+            .to_string(), // 14
+        json!({"custom_id": "get", "method": "GET", "url": "/v1/embeddings", "body": {"input": "x"}})
+            .to_string(), // 15
+        json!({"custom_id": "nobody", "method": "POST", "url": "/v1/embeddings"}).to_string(), // 16
+        with_body("object", json!({"input": {"text": "x"}})),      // 17
+        with_body("hex", json!({"input": "x", "encoding_format": "hex"})), // 18
+        with_body("nested", json!({"input": [["a"], ["b"]]})),     // 19
+        with_body("mixed", json!({"input": ["a", 7]})),            // 20
     ];
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("in.jsonl");
@@ -55,8 +65,27 @@ fn malformed_lines_land_in_errors_with_line_numbers_and_the_rest_succeed() {
             (8, "line_too_long", Value::Null),
             (9, "unsupported_dimensions", json!("dims")),
             (10, "invalid_input", json!("vocab")),
+            (13, "invalid_json", Value::Null),
+            (14, "invalid_custom_id", Value::Null),
+            (15, "unsupported_method", json!("get")),
+            (16, "missing_body", json!("nobody")),
+            (17, "invalid_input", json!("object")),
+            (18, "invalid_encoding_format", json!("hex")),
+            (19, "invalid_input", json!("nested")),
+            (20, "invalid_input", json!("mixed")),
         ]
     );
+    // Each message names what is wrong in the line's own terms.
+    let message = |line: u64| {
+        errors
+            .iter()
+            .find(|e| e["error"]["line"] == line)
+            .and_then(|e| e["error"]["message"].as_str())
+            .unwrap_or("")
+    };
+    for (line, names) in [(14, "custom_id"), (15, "GET"), (16, "body"), (17, "input"), (18, "hex")] {
+        assert!(message(line).contains(names), "line {line}: {}", message(line));
+    }
     for e in &errors {
         assert_eq!(e["response"], Value::Null);
         assert!(!e["error"]["message"].as_str().expect("message").is_empty());
@@ -66,8 +95,8 @@ fn malformed_lines_land_in_errors_with_line_numbers_and_the_rest_succeed() {
 
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("manifest")).expect("json");
-    assert_eq!(manifest["requestCounts"], json!({"total": 11, "completed": 3, "failed": 8}));
-    assert_eq!(manifest["lines"], 12);
+    assert_eq!(manifest["requestCounts"], json!({"total": 19, "completed": 3, "failed": 16}));
+    assert_eq!(manifest["lines"], 20);
     let files = manifest["model"]["files"].as_array().expect("files");
     let weights = files.iter().find(|f| f["name"] == "model.safetensors").expect("weights listed");
     assert_eq!(weights["sha256"].as_str().expect("sha").len(), 64);
