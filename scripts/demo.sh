@@ -103,7 +103,10 @@ kill "$watcher" 2>/dev/null || true
 
 echo >&2
 say "a few results from s3://$BUCKET/out/"
-s3 "$AWS_ENDPOINT_URL/$BUCKET/out/embeddings/results.jsonl" | head -n 2 | cut -c1-200 | sed 's/$/ .../' >&2
+# Downloaded whole first: `curl | head` fails the script (curl exits 23 when head closes the
+# pipe early, and pipefail reports it).
+s3 "$AWS_ENDPOINT_URL/$BUCKET/out/embeddings/results.jsonl" >"$BARGE_CACHE/demo-embeddings-results.jsonl"
+head -n 2 "$BARGE_CACHE/demo-embeddings-results.jsonl" | cut -c1-200 | sed 's/$/ .../' >&2
 s3 "$AWS_ENDPOINT_URL/$BUCKET/out/chat/results.jsonl" >"$BARGE_CACHE/demo-chat-results.jsonl"
 python3 - "$BARGE_CACHE/demo-chat-results.jsonl" >&2 <<'PY'
 import json, sys
