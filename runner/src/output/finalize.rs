@@ -153,10 +153,20 @@ impl Merger {
         }
     }
 
-    fn merge_chunk(&mut self, data: &[u8], line_offset: u64, uri: &str) -> Result<(), FinalizeError> {
+    fn merge_chunk(
+        &mut self,
+        data: &[u8],
+        line_offset: u64,
+        uri: &str,
+        cursor: &mut Cursor,
+    ) -> Result<(), FinalizeError> {
         for raw in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             let entry = chunk::parse(raw)
                 .map_err(|e| FinalizeError::Damaged { uri: uri.to_string(), detail: e.to_string() })?;
+            let local = match &entry {
+                Entry::Result { line, .. } | Entry::Error { line, .. } => *line,
+            };
+            cursor.advance(local, uri)?;
             match entry {
                 Entry::Result { line, custom_id, record, failed } => {
                     let line = line + line_offset;
@@ -323,6 +333,31 @@ async fn finalize_with(
     Ok(manifest)
 }
 
+/// Where a shard's merge has got to: its records must come in strictly increasing line order,
+/// within the lines its checkpoint counts (an overlap or a stray chunk breaks that).
+struct Cursor {
+    last: u64,
+    entries: u64,
+    lines: u64,
+}
+
+impl Cursor {
+    fn advance(&mut self, line: u64, uri: &str) -> Result<(), FinalizeError> {
+        if line <= self.last || line > self.lines {
+            return Err(FinalizeError::Damaged {
+                uri: uri.to_string(),
+                detail: format!(
+                    "a record for line {line} comes after line {} (the shard counts {} lines): chunks overlap or are out of place",
+                    self.last, self.lines
+                ),
+            });
+        }
+        self.last = line;
+        self.entries += 1;
+        Ok(())
+    }
+}
+
 async fn merge_all(
     store: &dyn ObjectStore,
     checkpoints: &[Checkpoint],
@@ -331,14 +366,26 @@ async fn merge_all(
 ) -> Result<(), FinalizeError> {
     let mut line_offset = 0;
     for (cp, unread) in checkpoints.iter().zip(unread) {
+        let mut cursor = Cursor { last: 0, entries: 0, lines: cp.counts.lines };
         for n in 0..cp.chunks {
             let key = chunk::chunk_key(cp.shard, n, cp.epoch_of(n));
             let data = store.get(&key).await?.ok_or_else(|| FinalizeError::Damaged {
                 uri: store.uri(&key),
                 detail: "a chunk the checkpoint counts is missing".into(),
             })?;
-            merger.merge_chunk(&data, line_offset, &store.uri(&key))?;
+            merger.merge_chunk(&data, line_offset, &store.uri(&key), &mut cursor)?;
             merger.flush(false).await?;
+        }
+        // Every request the checkpoint counts has exactly one entry: none lost, none twice.
+        let counted = cp.counts.completed + cp.counts.failed;
+        if cursor.entries != counted {
+            return Err(FinalizeError::Damaged {
+                uri: store.uri(&chunk::shard_dir(cp.shard)),
+                detail: format!(
+                    "the chunks of shard {} hold {} records where its checkpoint counts {counted}",
+                    cp.shard, cursor.entries
+                ),
+            });
         }
         line_offset += cp.counts.lines + unread;
     }

@@ -86,3 +86,46 @@ fn two_jobs_started_at_once_on_one_output_never_mix() {
     let ids = custom_ids(&read_jsonl(&output.join("results.jsonl")));
     assert_eq!(ids, (0..600).map(|i| format!("{name}-{i}")).collect::<Vec<_>>());
 }
+
+/// Finalize merges only what the checkpoint vouches for: a chunk repeated in place of another
+/// (an overlap) or a record missing (a gap) is refused, naming the shard, never merged quietly.
+#[test]
+fn finalize_refuses_chunks_that_overlap_or_leave_a_gap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    write_requests(&input, 200);
+    let output = dir.path().join("out");
+    run_local(&input, &output, &["--window", "40"]);
+    let shard = output.join("_barge/shard-00000-of-00001");
+    let mut chunks: Vec<_> = std::fs::read_dir(&shard)
+        .expect("shard folder")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("chunk-")))
+        .collect();
+    chunks.sort();
+    assert!(chunks.len() >= 3, "{chunks:?}");
+    let finalize = || {
+        runner()
+            .args(["finalize", "--output", &output.display().to_string(), "--shards", "1"])
+            .output()
+            .expect("runs")
+    };
+    let second = std::fs::read(&chunks[1]).expect("chunk");
+    let third = std::fs::read(&chunks[2]).expect("chunk");
+
+    std::fs::write(&chunks[2], &second).expect("overlap");
+    let out = finalize();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an overlap must not merge");
+    assert!(log.contains("overlap"), "{log}");
+
+    let half: Vec<&[u8]> = third.split(|&b| b == b'\n').collect();
+    std::fs::write(&chunks[2], half[..half.len() / 2].join(&b'\n')).expect("gap");
+    let out = finalize();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a gap must not merge");
+    assert!(log.contains("where its checkpoint counts"), "{log}");
+
+    std::fs::write(&chunks[2], &third).expect("restore");
+    assert!(finalize().status.success(), "the intact chunks merge");
+}
