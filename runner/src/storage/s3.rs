@@ -70,6 +70,32 @@ pub struct S3Store {
 }
 
 impl S3Store {
+    /// The object from `offset` on, as a stream; with `etag`, only while it is that version.
+    async fn read_range(
+        &self,
+        key: &str,
+        offset: u64,
+        etag: Option<&str>,
+    ) -> Result<ByteReader, StorageError> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(self.key(key));
+        if offset > 0 {
+            req = req.range(format!("bytes={offset}-"));
+        }
+        if let Some(etag) = etag {
+            req = req.if_match(format!("\"{etag}\""));
+        }
+        match req.send().await {
+            Ok(out) => Ok(Box::pin(out.body.into_async_read())),
+            Err(e) => match e.raw_response().map(|r| r.status().as_u16()) {
+                Some(412) if etag.is_some() => Err(StorageError::Changed { uri: self.uri(key) }),
+                // A range starting at the end (a shard resumed after its last line) is answered
+                // 416: there is nothing left to read, which is not an error.
+                Some(416) if offset > 0 => Ok(Box::pin(tokio::io::BufReader::new(tokio::io::empty()))),
+                _ => Err(self.error("read", key, e)),
+            },
+        }
+    }
+
     pub fn new(client: Client, bucket: String, prefix: String) -> Self {
         let prefix = match prefix.trim_end_matches('/') {
             "" => String::new(),
@@ -142,38 +168,11 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
-        let out = match self.client.get_object().bucket(&self.bucket).key(self.key(key)).send().await {
-            Ok(out) => out,
-            Err(e) => {
-                return match self.error("read", key, e) {
-                    StorageError::NotFound { .. } => Ok(None),
-                    other => Err(other),
-                };
-            }
-        };
-        let data = out.body.collect().await.map_err(|e| StorageError::S3 {
-            op: "read",
-            uri: self.uri(key),
-            detail: DisplayErrorContext(&e).to_string(),
-        })?;
-        Ok(Some(data.into_bytes()))
+        Ok(self.get_versioned(key).await?.map(|v| v.body))
     }
 
     async fn read_from(&self, key: &str, offset: u64) -> Result<ByteReader, StorageError> {
-        let mut req = self.client.get_object().bucket(&self.bucket).key(self.key(key));
-        if offset > 0 {
-            req = req.range(format!("bytes={offset}-"));
-        }
-        let out = match req.send().await {
-            Ok(out) => out,
-            // A range starting at the end (a shard resumed after its last line) is answered
-            // 416: there is nothing left to read, which is not an error.
-            Err(e) if offset > 0 && e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
-                return Ok(Box::pin(tokio::io::BufReader::new(tokio::io::empty())));
-            }
-            Err(e) => return Err(self.error("read", key, e)),
-        };
-        Ok(Box::pin(out.body.into_async_read()))
+        self.read_range(key, offset, None).await
     }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StorageError> {
@@ -196,19 +195,7 @@ impl ObjectStore for S3Store {
     ) -> Result<ByteReader, StorageError> {
         // One request: S3 checks the ETag and serves the range together (If-Match), so no
         // replacement can slip in between a check and the read.
-        let mut req =
-            self.client.get_object().bucket(&self.bucket).key(self.key(key)).if_match(format!("\"{etag}\""));
-        if offset > 0 {
-            req = req.range(format!("bytes={offset}-"));
-        }
-        match req.send().await {
-            Ok(out) => Ok(Box::pin(out.body.into_async_read())),
-            Err(e) => match e.raw_response().map(|r| r.status().as_u16()) {
-                Some(412) => Err(StorageError::Changed { uri: self.uri(key) }),
-                Some(416) if offset > 0 => Ok(Box::pin(tokio::io::BufReader::new(tokio::io::empty()))),
-                _ => Err(self.error("read", key, e)),
-            },
-        }
+        self.read_range(key, offset, Some(etag)).await
     }
 
     async fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, StorageError> {
