@@ -313,25 +313,32 @@ fn drive(
         metrics.batch_padded_tokens.observe(tokens as f64);
         // A request the engine could not place fails alone, as its own error record.
         for refused in engine.take_refused() {
-            let (number, index) = (refused.tag >> 32, (refused.tag & 0xffff_ffff) as usize);
-            if let Some((w, pending)) = windows.get_mut((number - first_number) as usize)
-                && let Some(item) = w.items.get_mut(index)
-            {
+            if let Some((item, pending)) = item_of(&mut windows, first_number, refused.tag) {
                 refuse(item, refused);
                 *pending -= 1;
             }
         }
         for result in results {
-            let (number, index) = (result.tag >> 32, (result.tag & 0xffff_ffff) as usize);
-            let Some((w, pending)) = windows.get_mut((number - first_number) as usize) else {
-                continue;
-            };
-            if let Some(Item::Run { result: slot, .. }) = w.items.get_mut(index) {
+            if let Some((Item::Run { result: slot, .. }, pending)) =
+                item_of(&mut windows, first_number, result.tag)
+            {
                 *slot = Some(result);
                 *pending -= 1;
             }
         }
     }
+}
+
+/// The item a tag names (its window's number in the high half, its index in the low half), with
+/// its window's count of requests still generating.
+fn item_of(
+    windows: &mut VecDeque<(GenWindow, usize)>,
+    first_number: u64,
+    tag: u64,
+) -> Option<(&mut Item, &mut usize)> {
+    let (number, index) = (tag >> 32, (tag & 0xffff_ffff) as usize);
+    let (w, pending) = windows.get_mut(number.checked_sub(first_number)? as usize)?;
+    Some((w.items.get_mut(index)?, pending))
 }
 
 /// Turns a request the engine refused into that line's error record.
