@@ -278,6 +278,7 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunError> {
         started: now.clone(),
         updated: now.clone(),
         epoch: previous.as_ref().map_or(0, |p| p.epoch),
+        owner: String::new(),
         segments: Vec::new(),
         version_tag: previous.and_then(|p| p.version_tag),
     };

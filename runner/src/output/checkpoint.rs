@@ -47,6 +47,11 @@ pub struct Checkpoint {
     pub updated: String,
     /// The epoch of the process that owns the shard now.
     pub epoch: u64,
+    /// A random token of that process. Two processes that take over from the same version
+    /// draw the same epoch; this keeps their checkpoints apart, so a writer that finds its own
+    /// bytes stored (a retried write whose first answer was lost) knows they are its own.
+    #[serde(default)]
+    pub owner: String,
     /// Which epoch wrote which chunks, oldest first.
     pub segments: Vec<Segment>,
     /// The stored version this process read or last wrote: its next write is conditional on it.
@@ -64,6 +69,7 @@ impl Checkpoint {
     /// then saves, which fails if another process wrote in between.
     pub fn take_over(&mut self) {
         self.epoch += 1;
+        self.owner = format!("{:016x}", rand::random::<u64>());
         self.segments.push(Segment { first_chunk: self.chunks, epoch: self.epoch });
     }
 }
@@ -101,12 +107,24 @@ pub async fn save(store: &dyn ObjectStore, cp: &mut Checkpoint) -> Result<(), Ch
     let body = serde_json::to_vec_pretty(cp).expect("serialising plain data cannot fail");
     let key = checkpoint_key(cp.shard);
     let condition = cp.version_tag.as_deref().map_or(Condition::Absent, Condition::Version);
-    match store.put_if(&key, Bytes::from(body), condition).await {
+    let body = Bytes::from(body);
+    match store.put_if(&key, body.clone(), condition).await {
         Ok(version) => {
             cp.version_tag = Some(version);
             Ok(())
         }
-        Err(StorageError::Conflict { uri }) => Err(CheckpointError::Fenced { shard: cp.shard, uri }),
+        Err(StorageError::Conflict { uri }) => {
+            // The SDK retries a write whose answer was lost on the way back; if the first attempt
+            // landed, the retry's condition no longer holds. Our own bytes there mean this process
+            // wrote them (a rival's checkpoint differs at least in its epoch): not fenced.
+            match store.get_versioned(&key).await? {
+                Some(stored) if stored.body == body => {
+                    cp.version_tag = Some(stored.version);
+                    Ok(())
+                }
+                _ => Err(CheckpointError::Fenced { shard: cp.shard, uri }),
+            }
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -133,6 +151,7 @@ mod tests {
             started: "2026-01-01T00:00:00Z".into(),
             updated: "2026-01-01T00:01:00Z".into(),
             epoch: 0,
+            owner: String::new(),
             segments: Vec::new(),
             version_tag: None,
         };
@@ -163,6 +182,7 @@ mod tests {
             started: String::new(),
             updated: String::new(),
             epoch: 0,
+            owner: String::new(),
             segments: Vec::new(),
             version_tag: None,
         };
@@ -192,5 +212,49 @@ mod tests {
         save(&store, &mut new).await.expect("the owner goes on");
         racer.take_over();
         assert!(matches!(save(&store, &mut racer).await, Err(CheckpointError::Fenced { .. })));
+    }
+
+    /// S3 retries a write whose answer was lost; the retry finds its own first attempt stored.
+    /// That is this process's write, not a rival's: it goes on. A rival that took over from the
+    /// same version, with the same epoch, is still refused.
+    #[tokio::test]
+    async fn a_retried_write_that_had_landed_is_not_mistaken_for_a_rival() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let shard = ShardId { index: 0, count: 2 };
+        let mut cp = Checkpoint {
+            version: FORMAT_VERSION,
+            job: "j".into(),
+            shard,
+            chunks: 0,
+            next_offset: 0,
+            counts: Counts::default(),
+            done: false,
+            started: String::new(),
+            updated: String::new(),
+            epoch: 0,
+            owner: String::new(),
+            segments: Vec::new(),
+            version_tag: None,
+        };
+        cp.take_over();
+        save(&store, &mut cp).await.expect("first write");
+        let read = cp.clone();
+
+        cp.chunks = 1;
+        save(&store, &mut cp).await.expect("the write lands");
+        let mut retry = cp.clone();
+        retry.version_tag = read.version_tag.clone(); // its answer was lost: the tag is the old one
+        save(&store, &mut retry).await.expect("the retry recognises its own bytes");
+        assert_eq!(retry.version_tag, cp.version_tag);
+
+        let mut a = load(&store, shard).await.expect("load").expect("exists");
+        let mut b = a.clone();
+        a.take_over();
+        b.take_over();
+        assert_eq!(a.epoch, b.epoch);
+        save(&store, &mut a).await.expect("one takes over");
+        let err = save(&store, &mut b).await.expect_err("the other is refused");
+        assert!(matches!(err, CheckpointError::Fenced { .. }), "{err}");
     }
 }

@@ -90,6 +90,7 @@ async fn finished_shards(
                 started: crate::clock::now_rfc3339(),
                 updated: crate::clock::now_rfc3339(),
                 epoch: 0,
+                owner: String::new(),
                 segments: Vec::new(),
                 version_tag: None,
             },

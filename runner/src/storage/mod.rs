@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::io::{AsyncBufRead, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt};
 
 pub use local::LocalStore;
 pub use s3::{S3Options, S3Store, s3_client};
@@ -147,12 +147,60 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
 
-    /// Copies the object into a local file.
+    /// Copies the object into a local file. A stream that breaks is resumed where it stopped,
+    /// pinned to the version it started on, so a flaky network costs a reconnect, not the
+    /// whole download; the file must end up the object's size.
     async fn download(&self, key: &str, dest: &Path) -> Result<(), StorageError> {
-        let mut reader = self.read_from(key, 0).await?;
+        const ATTEMPTS: u32 = 6;
+        let meta = self.head(key).await?.ok_or_else(|| StorageError::NotFound { uri: self.uri(key) })?;
         let io_err = |op, source| StorageError::Io { op, uri: dest.display().to_string(), source };
         let mut file = tokio::fs::File::create(dest).await.map_err(|e| io_err("create", e))?;
-        tokio::io::copy_buf(&mut reader, &mut file).await.map_err(|e| io_err("download into", e))?;
+        let mut written = 0u64;
+        let mut attempt = 0;
+        while written < meta.size {
+            let before = written;
+            // (error, whether the stream broke: any such break is worth resuming, whatever its kind)
+            let copied = async {
+                let mut reader =
+                    self.read_version_from(key, written, &meta.etag).await.map_err(|e| (e, false))?;
+                loop {
+                    let buf = reader.fill_buf().await.map_err(|source| {
+                        (StorageError::Io { op: "download", uri: self.uri(key), source }, true)
+                    })?;
+                    if buf.is_empty() {
+                        return Ok(());
+                    }
+                    let n = buf.len();
+                    file.write_all(buf).await.map_err(|e| (io_err("write", e), false))?;
+                    written += n as u64;
+                    reader.consume(n);
+                }
+            }
+            .await;
+            match copied {
+                Ok(()) if written < meta.size => {
+                    return Err(StorageError::Io {
+                        op: "download",
+                        uri: self.uri(key),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("the object ended after {written} of its {} bytes", meta.size),
+                        ),
+                    });
+                }
+                Ok(()) => {}
+                Err((e, broke))
+                    if (broke || e.is_transient()) && (written > before || attempt < ATTEMPTS) =>
+                {
+                    // Only breaks without progress count against the limit: a long download over
+                    // a flaky link may need many resumes.
+                    attempt = if written > before { 1 } else { attempt + 1 };
+                    tracing::warn!(uri = %self.uri(key), offset = written, attempt, error = %e, "download broke; resuming");
+                    tokio::time::sleep(std::time::Duration::from_millis((100 << attempt).min(2000))).await;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
         file.flush().await.map_err(|e| io_err("write", e))?;
         Ok(())
     }
@@ -176,5 +224,82 @@ pub fn open(location: &Location, s3: &Option<aws_sdk_s3::Client>) -> Arc<dyn Obj
                 s3.clone().expect("an S3 client is built whenever a location is s3:// — this is a bug");
             Arc::new(S3Store::new(client, bucket.clone(), key.clone()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// A local folder whose read streams break after `cut` bytes, like a connection reset mid-body.
+    #[derive(Debug)]
+    struct Breaking {
+        inner: LocalStore,
+        cut: usize,
+        opens: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ObjectStore for Breaking {
+        fn uri(&self, key: &str) -> String {
+            self.inner.uri(key)
+        }
+        async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+            self.inner.head(key).await
+        }
+        async fn get(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
+            self.inner.get(key).await
+        }
+        async fn read_from(&self, key: &str, offset: u64) -> Result<ByteReader, StorageError> {
+            use tokio::io::AsyncReadExt;
+            self.opens.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let head = self.inner.read_from(key, offset).await?.take(self.cut as u64);
+            let broken = tokio_util::io::StreamReader::new(futures::stream::iter([Err::<Bytes, _>(
+                std::io::Error::other("connection reset"),
+            )]));
+            Ok(Box::pin(tokio::io::BufReader::new(head.chain(broken))))
+        }
+        async fn put(&self, key: &str, body: Bytes) -> Result<(), StorageError> {
+            self.inner.put(key, body).await
+        }
+        async fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, StorageError> {
+            self.inner.get_versioned(key).await
+        }
+        async fn put_if(&self, key: &str, body: Bytes, c: Condition<'_>) -> Result<String, StorageError> {
+            self.inner.put_if(key, body, c).await
+        }
+        async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+            self.inner.create(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+            self.inner.list(prefix).await
+        }
+        async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
+            self.inner.delete_prefix(prefix).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.inner.delete(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_download_whose_stream_breaks_resumes_where_it_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("w.bin"), &data).expect("write");
+        let dest: PathBuf = dir.path().join("copy.bin");
+
+        let store =
+            Breaking { inner: LocalStore::new(dir.path().to_path_buf()), cut: 100_000, opens: 0.into() };
+        store.download("w.bin", &dest).await.expect("resumed to the end");
+        assert_eq!(std::fs::read(&dest).expect("read"), data);
+        assert_eq!(store.opens.into_inner(), 3, "one open per 100 kB piece");
+
+        // A stream that breaks at once every time is given up on, with the error.
+        let store = Breaking { inner: LocalStore::new(dir.path().to_path_buf()), cut: 0, opens: 0.into() };
+        let err = store.download("w.bin", &dest).await.expect_err("no progress, ever");
+        assert!(err.to_string().contains("connection reset"), "{err}");
     }
 }
