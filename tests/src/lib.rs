@@ -1,6 +1,7 @@
 //! Barge's test cluster: the node agent that plays the kubelet, and helpers for end-to-end tests
 //! against a real API server.
 
+pub mod fault_proxy;
 pub mod node_agent;
 pub mod testkit;
 

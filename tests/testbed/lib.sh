@@ -71,6 +71,20 @@ start() {
   done
 }
 
+# start_etcd BIN: etcd on its fixed ports, keeping whatever data $STATE/etcd holds (`up` wipes it
+# first; `restart-etcd` does not).
+# --unsafe-no-fsync: the data is thrown away on the next run anyway, and fsync is most of etcd's
+# write latency on a slow disk.
+start_etcd() {
+  start etcd "$1/etcd" --name barge-testbed --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "barge-testbed=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --unsafe-no-fsync
+}
+
 # live_members GROUP...: the live (non-zombie) processes in these process groups. Their group
 # leader was checked to be ours; a group id is not handed out again while any member lives.
 live_members() {

@@ -387,20 +387,31 @@ impl Drop for Story {
 /// SIGKILL to a pod's first container through the node's containerd, as the kernel's OOM killer
 /// or a crashing process would end it: the kubelet sees the container die, not a deletion.
 pub fn kill_container(pod: &Pod) {
+    if let Err(e) = try_kill_container(pod) {
+        panic!("{e}");
+    }
+}
+
+/// [`kill_container`], for a caller that picks another pod when this one just ended.
+pub fn try_kill_container(pod: &Pod) -> Result<(), String> {
     let id = pod
         .status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
         .and_then(|c| c.first())
         .and_then(|c| c.container_id.clone())
-        .expect("the kubelet reports the container's id");
-    let id = id.strip_prefix("containerd://").expect("a containerd container id");
+        .ok_or("the kubelet reports no container id")?;
+    let id = id.strip_prefix("containerd://").ok_or("not a containerd container id")?;
     let killed = Command::new("ctr")
         .args(["--address", &env("BARGE_TESTBED_CONTAINERD"), "--namespace", "k8s.io"])
         .args(["tasks", "kill", "--signal", "SIGKILL", id])
         .output()
         .expect("ctr runs");
-    assert!(killed.status.success(), "ctr tasks kill: {}", String::from_utf8_lossy(&killed.stderr));
+    if killed.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ctr tasks kill: {}", String::from_utf8_lossy(&killed.stderr)))
+    }
 }
 
 /// `repo/name:tag` into the chart's repository and tag values.
