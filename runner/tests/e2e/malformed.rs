@@ -33,6 +33,12 @@ fn malformed_lines_land_in_errors_with_line_numbers_and_the_rest_succeed() {
         with_body("hex", json!({"input": "x", "encoding_format": "hex"})), // 18
         with_body("nested", json!({"input": [["a"], ["b"]]})),     // 19
         with_body("mixed", json!({"input": ["a", 7]})),            // 20
+        json!({"custom_id": "", "method": "POST", "url": "/v1/embeddings", "body": {"input": "x"}}).to_string(), // 21
+        json!({"custom_id": "text-body", "method": "POST", "url": "/v1/embeddings", "body": "x"}).to_string(), // 22
+        with_body("none", json!({"input": []})), // 23
+        json!({"custom_id": "no-url", "method": "POST", "body": {"input": "x"}}).to_string(), // 24
+        json!({"custom_id": "k".repeat(600), "method": "POST", "url": "/v1/embeddings", "body": {"input": "x"}})
+            .to_string(), // 25
     ];
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("in.jsonl");
@@ -73,6 +79,11 @@ fn malformed_lines_land_in_errors_with_line_numbers_and_the_rest_succeed() {
             (18, "invalid_encoding_format", json!("hex")),
             (19, "invalid_input", json!("nested")),
             (20, "invalid_input", json!("mixed")),
+            (21, "missing_custom_id", Value::Null),
+            (22, "missing_body", json!("text-body")),
+            (23, "missing_input", json!("none")),
+            (24, "unsupported_url", json!("no-url")),
+            (25, "invalid_custom_id", Value::Null),
         ]
     );
     // Each message names what is wrong in the line's own terms.
@@ -83,7 +94,18 @@ fn malformed_lines_land_in_errors_with_line_numbers_and_the_rest_succeed() {
             .and_then(|e| e["error"]["message"].as_str())
             .unwrap_or("")
     };
-    for (line, names) in [(14, "custom_id"), (15, "GET"), (16, "body"), (17, "input"), (18, "hex")] {
+    for (line, names) in [
+        (14, "custom_id"),
+        (15, "GET"),
+        (16, "body"),
+        (17, "input"),
+        (18, "hex"),
+        (21, "empty"),
+        (22, "object"),
+        (23, "empty array"),
+        (24, "url"),
+        (25, "512"),
+    ] {
         assert!(message(line).contains(names), "line {line}: {}", message(line));
     }
     for e in &errors {
@@ -95,8 +117,8 @@ fn malformed_lines_land_in_errors_with_line_numbers_and_the_rest_succeed() {
 
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("manifest")).expect("json");
-    assert_eq!(manifest["requestCounts"], json!({"total": 19, "completed": 3, "failed": 16}));
-    assert_eq!(manifest["lines"], 20);
+    assert_eq!(manifest["requestCounts"], json!({"total": 24, "completed": 3, "failed": 21}));
+    assert_eq!(manifest["lines"], 25);
     let files = manifest["model"]["files"].as_array().expect("files");
     let weights = files.iter().find(|f| f["name"] == "model.safetensors").expect("weights listed");
     assert_eq!(weights["sha256"].as_str().expect("sha").len(), 64);

@@ -4,7 +4,10 @@
 
 mod harness;
 
+mod bad_specs;
+mod chaos;
 mod faults;
 mod jobs;
 mod lifecycle;
 mod operations;
+mod scale;
