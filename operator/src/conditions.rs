@@ -42,13 +42,23 @@ pub fn conditions(
         Phase::Cancelled => (f(r, m), f(r, m), f(r, m), f(r, m), f(reason::NOT_SUSPENDED, "")),
         Phase::Suspended => (f(r, m), f(r, m), f(r, m), f(reason::NOT_FAILED, ""), t(r, m)),
         // Pods that are not running yet (starting, or waiting for a node) do not make it Ready.
-        Phase::Running if matches!(r, reason::PODS_STARTING | reason::UNSCHEDULABLE | reason::SUSPENDED) => (
-            f(reason::NOT_FINISHED, ""),
-            f(reason::NOT_FAILED, ""),
-            f(r, m),
-            f(reason::NOT_FAILED, ""),
-            f(reason::NOT_SUSPENDED, ""),
-        ),
+        Phase::Running
+            if matches!(
+                r,
+                reason::PODS_STARTING
+                    | reason::UNSCHEDULABLE
+                    | reason::SUSPENDED
+                    | reason::POD_CREATE_REFUSED
+            ) =>
+        {
+            (
+                f(reason::NOT_FINISHED, ""),
+                f(reason::NOT_FAILED, ""),
+                f(r, m),
+                f(reason::NOT_FAILED, ""),
+                f(reason::NOT_SUSPENDED, ""),
+            )
+        }
         Phase::Running | Phase::Finalizing => (
             f(reason::NOT_FINISHED, ""),
             f(reason::NOT_FAILED, ""),

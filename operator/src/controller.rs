@@ -47,6 +47,9 @@ pub struct Context {
     /// Wakes one job: the next in the queue, when a slot frees up or the one ahead started.
     wake: mpsc::UnboundedSender<ObjectRef<BatchJob>>,
     retries: Mutex<HashMap<String, u32>>,
+    /// Per job, the API server's latest refusal to create one of its pods, until a create
+    /// succeeds: the plan shows it as the Ready condition's reason.
+    refusals: Mutex<HashMap<String, String>>,
 }
 
 fn key(job: &BatchJob) -> String {
@@ -56,6 +59,10 @@ fn key(job: &BatchJob) -> String {
 impl Context {
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
         self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn refusals(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The job's pods from the watch cache, matched by owner UID (a same-named older job's
@@ -147,6 +154,7 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Context>) -> Result<Requeue,
     if job.meta().deletion_timestamp.is_some() {
         // Its pods go with it (owner references); the S3 output stays.
         let held = ctx.slots().remove(&k);
+        ctx.refusals().remove(&k);
         ctx.progress.forget(&k);
         if held == Some(true) {
             ctx.wake_head().await;
@@ -166,8 +174,16 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Context>) -> Result<Requeue,
         }
         (None, _) => (Admission::Granted, None),
     };
+    let refused = ctx.refusals().get(&k).cloned();
     let decision = plan::plan(
-        &Observed { job: &job, pods: &pods, progress: &progress, admission, now: Timestamp::now() },
+        &Observed {
+            job: &job,
+            pods: &pods,
+            progress: &progress,
+            admission,
+            refused: refused.as_deref(),
+            now: Timestamp::now(),
+        },
         &ctx.cfg,
     );
     let old = job.status.clone().unwrap_or_default();
@@ -246,6 +262,7 @@ async fn apply(ctx: &Context, job: &BatchJob, actions: Vec<Action>) -> Result<()
                     .await
                 {
                     Ok(_) => {
+                        ctx.refusals().remove(&key(job));
                         ctx.metrics.pods_created.inc();
                         tracing::info!(job = %key(job), pod = %name, "created pod");
                     }
@@ -269,12 +286,12 @@ async fn apply(ctx: &Context, job: &BatchJob, actions: Vec<Action>) -> Result<()
                             fail_invalid(ctx, job, message).await?;
                             return Ok(());
                         }
+                        let message =
+                            format!("the API server refused runner pod {name} (retrying): {}", e.message);
+                        ctx.refusals().insert(key(job), message.clone());
                         let note = events::Note {
-                            reason: "PodCreateRefused",
-                            message: format!(
-                                "the API server refused runner pod {name} (retrying): {}",
-                                e.message
-                            ),
+                            reason: barge_api::batchjob::reason::POD_CREATE_REFUSED,
+                            message,
                             warning: true,
                         };
                         publish(ctx, job, note).await;
@@ -459,6 +476,7 @@ pub async fn run(
         priorities: Mutex::new(HashMap::new()),
         wake: wake_tx,
         retries: Mutex::new(HashMap::new()),
+        refusals: Mutex::new(HashMap::new()),
     });
     let gauges = {
         let (metrics, jobs) = (metrics.clone(), jobs.clone());

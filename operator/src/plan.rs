@@ -54,6 +54,9 @@ pub struct Observed<'a> {
     /// Fresh `/progress` answers of running shards, by shard index.
     pub progress: &'a BTreeMap<u32, Progress>,
     pub admission: Admission,
+    /// Why the API server last refused to create one of the job's pods, while it keeps
+    /// refusing (a full ResourceQuota): shown in the Ready condition.
+    pub refused: Option<&'a str>,
     pub now: Timestamp,
 }
 
@@ -412,6 +415,11 @@ impl Planner<'_, '_> {
         }
         self.requeue = Some(self.cfg.progress.interval());
         let running = self.st.shards.iter().filter(|s| s.phase == ShardPhase::Running).count();
+        let creating = self.actions.iter().any(|a| matches!(a, Action::CreatePod(_)));
+        if let (true, Some(refused)) = (creating, self.obs.refused) {
+            let message = format!("{running} of {} shards running; {refused}", spec.parallelism);
+            return Why::new(reason::POD_CREATE_REFUSED, message);
+        }
         if let Some(msg) = waiting_for_schedule {
             return Why::new(reason::UNSCHEDULABLE, msg);
         }

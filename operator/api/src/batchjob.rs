@@ -525,6 +525,9 @@ pub mod reason {
     /// A pod cannot start yet (its image does not pull, its Secret is missing): waited out for
     /// the operator's start grace before the job fails.
     pub const POD_START_BLOCKED: &str = "PodStartBlocked";
+    /// Admission refused a runner pod (a full ResourceQuota, a policy webhook): retried with
+    /// backoff until it is let in, the refusal shown meanwhile.
+    pub const POD_CREATE_REFUSED: &str = "PodCreateRefused";
 }
 
 /// Labels and annotations the operator puts on its pods.

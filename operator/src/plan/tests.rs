@@ -15,7 +15,7 @@ fn step_with(
     admission: Admission,
     now: i64,
 ) -> Decision {
-    let obs = Observed { job, pods, progress, admission, now: at(now) };
+    let obs = Observed { job, pods, progress, admission, refused: None, now: at(now) };
     let d = plan(&obs, &Config::default());
     job.status = Some(d.status.clone());
     d
@@ -103,6 +103,40 @@ fn an_admitted_job_starts_one_pod_per_shard_and_replanning_creates_nothing_more(
     let again = step(&mut job, &pods, &none(), 1);
     assert!(again.actions.is_empty(), "{:?}", again.actions);
     assert_eq!(again.status.start_time, Some(Time(at(0))), "the start time stays");
+}
+
+/// A ResourceQuota that is full refuses a pod with 403: the job keeps trying, and its Ready
+/// condition says why nothing starts, until every shard has its pod.
+#[test]
+fn a_pod_refused_by_admission_is_shown_in_ready_until_every_shard_has_its_pod() {
+    let mut job = JobBuilder::new("emb").parallelism(2).build();
+    let refusal = "the API server refused runner pod emb-shard-1 (retrying): exceeded quota: pods=1";
+    let with_refusal = |job: &mut BatchJob, pods: &[Pod], now| {
+        let obs = Observed {
+            job,
+            pods,
+            progress: &none(),
+            admission: Admission::Granted,
+            refused: Some(refusal),
+            now: at(now),
+        };
+        let d = plan(&obs, &Config::default());
+        job.status = Some(d.status.clone());
+        d
+    };
+    let one = [PodBuilder::runner(&job, 0).build()];
+    let d = with_refusal(&mut job, &one, 0);
+    assert_eq!(created(&d), ["emb-shard-1"], "it keeps asking");
+    let ready = cond(&d, condition::READY);
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason::POD_CREATE_REFUSED));
+    assert!(ready.message.contains("exceeded quota"), "{}", ready.message);
+    assert_eq!(d.status.phase, Phase::Running);
+
+    // Let in: every shard has its pod, and an old refusal no longer speaks for the job.
+    let both: Vec<Pod> = (0..2).map(|i| PodBuilder::runner(&job, i).build()).collect();
+    let d = with_refusal(&mut job, &both, 1);
+    assert!(d.actions.is_empty());
+    assert_ne!(cond(&d, condition::READY).reason, reason::POD_CREATE_REFUSED);
 }
 
 #[test]

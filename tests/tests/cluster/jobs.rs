@@ -193,6 +193,55 @@ async fn a_missing_priority_class_fails_the_job_naming_the_field() {
     assert!(message.contains("spec.priorityClassName") && message.contains("no-such-class"), "{message}");
 }
 
+/// A full ResourceQuota: the API server's admission refuses every runner pod. The job
+/// keeps trying, says why in its Ready condition, and finishes once the quota is raised.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_quota_is_shown_as_the_reason_until_it_is_raised() {
+    let mut story = Story::new("quota").await;
+    story.install_operator(&[]).await;
+    let quota = |pods: u32| {
+        serde_json::json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "pods"},
+                           "spec": {"hard": {"pods": pods.to_string()}}})
+    };
+    let path = story.scratch.path().join("quota.json");
+    std::fs::write(&path, quota(0).to_string()).expect("write");
+    let out = kubectl(&["apply", "-n", &story.ns, "-f", &path.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The quota counts only once its controller has seen it.
+    story
+        .wait("the quota's first count", Duration::from_secs(30), async || {
+            let out = kubectl(&[
+                "get",
+                "resourcequota",
+                "pods",
+                "-n",
+                &story.ns,
+                "-o",
+                "jsonpath={.status.hard.pods}",
+            ]);
+            String::from_utf8_lossy(&out.stdout) == "0"
+        })
+        .await;
+    story.put("in.jsonl", requests(200, "q")).await;
+    let mut spec = story.spec("in.jsonl", "out");
+    spec.parallelism = 2;
+    story.create("quota", spec).await;
+    let job = story
+        .wait_job("quota", "reason PodCreateRefused", Duration::from_secs(90), |j| {
+            condition_status(j, condition::READY).is_some_and(|c| c.1 == reason::POD_CREATE_REFUSED)
+        })
+        .await;
+    let (status, _, message) = condition_status(&job, condition::READY).expect("Ready");
+    assert_eq!(status, "False");
+    assert!(message.contains("quota") && message.contains("quota-shard-"), "{message}");
+
+    std::fs::write(&path, quota(10).to_string()).expect("write");
+    let out = kubectl(&["apply", "-n", &story.ns, "-f", &path.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    story.wait_phase("quota", "Succeeded", Duration::from_secs(240)).await;
+    assert_eq!(story.get_jsonl("out/results.jsonl").await.len(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_job_on_a_busy_output_fails_naming_the_first_which_succeeds() {
     let mut story = Story::new("same-output").await;
