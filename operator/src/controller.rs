@@ -455,7 +455,9 @@ pub async fn run(
         .predicate_filter(kube::runtime::predicates::resource_version, Default::default());
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel();
     let controller = Controller::new(jobs_api, watcher::Config::default().any_semantic())
-        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)))
+        // Debounce coalesces a burst of one job's pod updates into one pass; it is also the floor
+        // of a new job's first status, so it stays short (reconcile latency: docs/reliability.md).
+        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(150)))
         .owns_stream(pod_stream)
         .reconcile_on(futures::stream::poll_fn(move |cx| wake_rx.poll_recv(cx)))
         .graceful_shutdown_on(shutdown);
