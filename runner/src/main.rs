@@ -12,8 +12,8 @@ use barge_runner::decoder::engine::EngineConfig;
 use barge_runner::input::generation::Format;
 use barge_runner::output::finalize;
 use barge_runner::output::job::Batching;
-use barge_runner::pipeline::{self, RunConfig, RunSummary};
 use barge_runner::progress::{DEFAULT_TERMINATION_PATH, write_termination_message};
+use barge_runner::run::{self as shard_run, RunConfig, RunSummary};
 use barge_runner::shutdown::Stop;
 use barge_runner::{model_source, storage};
 use clap::Parser;
@@ -172,7 +172,7 @@ async fn run(args: RunArgs, bar: bool) -> ExitCode {
     let stop = Stop::default();
     stop.on_signals();
     let shard = cfg.shard;
-    match pipeline::run(cfg, stop).await {
+    match shard_run::run_shard(cfg, stop).await {
         Ok(summary) => {
             report(&summary);
             let outcome = if summary.done { Outcome::Done } else { Outcome::Interrupted };
@@ -270,7 +270,7 @@ async fn run_finalize(args: FinalizeArgs) -> ExitCode {
     };
     match merged {
         Ok(m) => {
-            let counts = pipeline::manifest_counts(&m);
+            let counts = shard_run::manifest_counts(&m);
             eprintln!(
                 "finalized {} shards: {} requests ({} ok, {} failed){}",
                 args.shards,

@@ -1,4 +1,4 @@
-//! Live progress: counters the pipeline bumps, served as JSON at `GET /progress` next to
+//! Live progress: counters the stages bump, served as JSON at `GET /progress` next to
 //! `GET /metrics`, and the termination message written at exit.
 
 use std::net::SocketAddr;

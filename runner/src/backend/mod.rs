@@ -1,5 +1,5 @@
-//! The narrow interface between the pipeline and a model: a flat batch of token sequences in,
-//! one pooled vector per sequence out. Models implement it; the pipeline knows nothing else.
+//! The narrow interface between the embeddings task and a model: a flat batch of token sequences in,
+//! one pooled vector per sequence out. Models implement it; the task knows nothing else.
 
 pub mod tokenizer;
 

@@ -1,5 +1,5 @@
 //! Text generation with decoder models: loading (GGUF or safetensors), the vocabulary and chat
-//! template, and the continuous-batching engine the pipeline drives.
+//! template, and the continuous-batching engine the generation task drives.
 
 pub mod chat_template;
 pub mod cpu;

@@ -1,4 +1,4 @@
-//! The generation path of a run: request lines become prompts (chat template, tokenizer,
+//! The generation task: request lines become prompts (chat template, tokenizer,
 //! limits checked), the continuous-batching engine generates across window boundaries, and
 //! finished windows leave in input order, so checkpoints still mark clean line boundaries.
 
@@ -23,7 +23,7 @@ use crate::input::{ErrorCode, LineError};
 use crate::output::checkpoint::Checkpoint;
 use crate::output::chunk;
 use crate::output::generation_record::{self, Generated};
-use crate::pipeline::{Encoded, RawWindow, RunError, Stages};
+use crate::stages::{Encoded, RawWindow, StageError, Stages};
 use crate::storage::{ObjectStore, StorageError};
 
 /// How far into the input `--format auto` looks for its first request line.
@@ -192,7 +192,7 @@ pub(crate) async fn run(
     out: &dyn ObjectStore,
     cp: &mut Checkpoint,
     bar: Option<&indicatif::ProgressBar>,
-) -> Result<bool, RunError> {
+) -> Result<bool, StageError> {
     let DecoderModel { decoder, vocab, template, .. } = model;
     let vocab = Arc::new(vocab);
     let kv_budget_mib = settings.engine.kv_cache_mib;
