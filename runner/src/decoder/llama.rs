@@ -13,6 +13,7 @@ use super::gguf::Gguf;
 use super::kv_cache::KvCache;
 use super::ops::{ActQuant, Gate, PagedAttention, Rope, StepLayout, gated, rms_norm, round_activations};
 use super::quant::{QMatMul, QMatrix, QRows};
+use super::unhandled;
 use super::{Decoder, Kernels};
 use crate::models::ModelError;
 use crate::models::cpu_ops::Linear;
@@ -124,6 +125,10 @@ struct Safetensors<'a> {
     path: String,
 }
 
+/// QK-norm weights (Qwen3, Gemma 3), by GGUF's and Hugging Face's names.
+const QK_NORM_TENSORS: [(&str, &str); 2] =
+    [("attn_q_norm", "self_attn.q_norm"), ("attn_k_norm", "self_attn.k_norm")];
+
 /// A Llama layer's tensors: GGUF's name and Hugging Face's (`blk.N.<gguf>` is
 /// `model.layers.N.<hf>`).
 pub const LAYER_TENSORS: [(&str, &str); 9] = [
@@ -144,7 +149,11 @@ impl Safetensors<'_> {
         if let Some(rest) = name.strip_prefix("blk.") {
             let (layer, rest) = rest.split_once('.').unwrap_or((rest, ""));
             let (part, suffix) = rest.split_once('.').unwrap_or((rest, ""));
-            let part = LAYER_TENSORS.iter().find(|(g, _)| *g == part).map_or(part, |(_, h)| *h);
+            let part = LAYER_TENSORS
+                .iter()
+                .chain(&QK_NORM_TENSORS)
+                .find(|(g, _)| *g == part)
+                .map_or(part, |(_, h)| *h);
             return format!("model.layers.{layer}.{part}.{suffix}");
         }
         match name {
@@ -229,7 +238,15 @@ impl LlamaConfig {
             vocab,
             eps: g.f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5) as f64,
             rope_base: g.f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
-            context: g.usize(&key("context_length"))?.unwrap_or(2048),
+            context: {
+                let context = g.usize(&key("context_length"))?.unwrap_or(2048);
+                // Outside Gemma 3 (whose layers alternate), a sliding window is served exactly by
+                // serving no longer sequences: see `unhandled::window_context`.
+                match g.usize(&key("attention.sliding_window"))? {
+                    Some(w) if arch != "gemma3" => context.min(w),
+                    _ => context,
+                }
+            },
             // llama.cpp's "normal" rope for llama, "neox" (halves) for gemma3.
             interleaved_rope: gemma.is_none(),
             gemma,
@@ -276,6 +293,7 @@ impl LlamaConfig {
 impl Llama {
     pub fn from_gguf(g: &mut Gguf, device: &Device, kernels: Kernels) -> Result<Self, ModelError> {
         let cfg = LlamaConfig::from_gguf(g)?;
+        unhandled::refuse(&g.path().display().to_string(), &unhandled::in_gguf(g, &cfg)?)?;
         Self::load(cfg, g, device, kernels)
     }
 
@@ -289,6 +307,9 @@ impl Llama {
         let path = dir.join("config.json").display().to_string();
         let hf: HfConfig = serde_json::from_slice(config)
             .map_err(|e| ModelError::BadFile { path: path.clone(), detail: e.to_string() })?;
+        let raw: serde_json::Value = serde_json::from_slice(config)
+            .map_err(|e| ModelError::BadFile { path: path.clone(), detail: e.to_string() })?;
+        unhandled::refuse(&path, &unhandled::in_config(&raw))?;
         let cfg = LlamaConfig {
             hidden: hf.hidden_size,
             layers: hf.num_hidden_layers,
@@ -299,7 +320,10 @@ impl Llama {
             vocab: hf.vocab_size,
             eps: hf.rms_norm_eps,
             rope_base: hf.rope_theta.unwrap_or(10_000.0),
-            context: hf.max_position_embeddings.unwrap_or(2048),
+            context: hf
+                .max_position_embeddings
+                .unwrap_or(2048)
+                .min(unhandled::window_context(&raw).unwrap_or(usize::MAX)),
             interleaved_rope: false,
             gemma: None,
         };
@@ -315,6 +339,13 @@ impl Llama {
         }
         let vb = load_safetensors(&files)?;
         let mut weights = Safetensors { vb, path: dir.display().to_string() };
+        unhandled::refuse(&weights.path, &unhandled::in_tensors(|n| weights.has(n), false))?;
+        if !weights.has("output.weight") && raw["tie_word_embeddings"] != true {
+            return Err(ModelError::BadFile {
+                path: weights.path.clone(),
+                detail: "there is no lm_head.weight, and config.json's tie_word_embeddings is not true: the output projection is missing".into(),
+            });
+        }
         let eos = match hf.eos_token_id {
             Some(serde_json::Value::Number(n)) => n.as_u64().and_then(|v| u32::try_from(v).ok()),
             Some(serde_json::Value::Array(list)) => {

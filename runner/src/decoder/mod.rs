@@ -11,6 +11,7 @@ pub mod ops;
 pub mod quant;
 pub mod sampling;
 pub mod spm;
+pub mod unhandled;
 pub mod vocab;
 
 use std::path::Path;
