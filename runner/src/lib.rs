@@ -2,6 +2,7 @@
 //! run loses nothing. The binary (`main.rs`) is a thin shell over [`run::run_shard`] and
 //! [`output::finalize::finalize`]; `docs/architecture.md` draws the tree and its rule.
 
+pub mod architectures;
 pub mod backend;
 pub mod batcher;
 pub mod cli;

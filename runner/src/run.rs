@@ -12,6 +12,7 @@ use barge_api::{Counts, ShardId};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use crate::architectures::{self, Kind, Loaded};
 use crate::backend::{Embedder, NullEmbedder};
 use crate::decoder::engine::EngineConfig;
 use crate::device::{DeviceChoice, DeviceError};
@@ -21,7 +22,7 @@ use crate::input::shard_range;
 use crate::location::Location;
 use crate::metrics::Metrics;
 use crate::model_source::{self, FetchError};
-use crate::models::{self, ModelError};
+use crate::models::ModelError;
 use crate::output::checkpoint::{self, Checkpoint, CheckpointError, FORMAT_VERSION};
 use crate::output::chunk::{self, CLAIM_KEY, JOB_KEY};
 use crate::output::finalize::{self, FinalizeError};
@@ -61,11 +62,6 @@ pub struct RunConfig {
     pub generation: EngineConfig,
     /// How decoder models multiply quantized GGUF weights.
     pub kernels: crate::decoder::Kernels,
-}
-
-enum Loaded {
-    Embedding(Box<models::EmbeddingModel>),
-    Decoder(Box<crate::decoder::DecoderModel>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +154,8 @@ pub async fn run_shard(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunErro
         .await?
         .ok_or_else(|| RunError::InputMissing { uri: cfg.input.to_string() })?;
     let resolved = model_source::resolve(&cfg.model, &stores.s3, &cfg.cache_dir).await?;
-    let decoder = crate::decoder::is_decoder(&resolved.dir);
+    let architecture = architectures::identify(&resolved.dir)?;
+    let decoder = architecture.kind == Kind::Decoder;
     let format = if decoder {
         Some(match cfg.format {
             Some(f) => f,
@@ -216,18 +213,12 @@ pub async fn run_shard(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunErro
     let model_dir = resolved.dir.clone();
     let kernels = cfg.kernels;
     let load_started = Instant::now();
-    let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, ModelError> {
-        if decoder {
-            Ok(Loaded::Decoder(Box::new(crate::decoder::load(&model_dir, &device, kernels)?)))
-        } else {
-            Ok(Loaded::Embedding(Box::new(models::load(&model_dir, &device)?)))
-        }
-    })
-    .await
-    .map_err(|e| StageError::Panicked {
-        stage: "loading the model",
-        message: e.try_into_panic().map(|p| panic_message(&p)).unwrap_or_else(|e| e.to_string()),
-    })??;
+    let loaded = tokio::task::spawn_blocking(move || architecture.load(&model_dir, &device, kernels))
+        .await
+        .map_err(|e| StageError::Panicked {
+            stage: "loading the model",
+            message: e.try_into_panic().map(|p| panic_message(&p)).unwrap_or_else(|e| e.to_string()),
+        })??;
     let (architecture, dimensions, max_seq_len) = match &loaded {
         Loaded::Embedding(m) => (m.info.architecture.to_string(), m.info.dimensions, m.info.max_seq_len),
         Loaded::Decoder(m) => (m.architecture.clone(), 0, m.decoder.context_len()),

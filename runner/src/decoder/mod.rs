@@ -50,23 +50,6 @@ pub struct DecoderModel {
     pub architecture: String,
 }
 
-/// Whether `path` holds a decoder (a GGUF file, or a folder whose config names a decoder).
-pub fn is_decoder(path: &Path) -> bool {
-    if path.is_file() {
-        return path.extension().is_some_and(|e| e == "gguf");
-    }
-    std::fs::read(path.join("config.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|c| c["model_type"].as_str().map(|t| DECODER_TYPES.contains(&t)))
-        .unwrap_or(false)
-}
-
-/// Hugging Face `model_type`s served by the llama decoder.
-const DECODER_TYPES: [&str; 3] = ["llama", "mistral", "qwen2"];
-/// GGUF `general.architecture`s served by the llama decoder (Gemma 3 as its variant).
-const GGUF_ARCHITECTURES: [&str; 3] = ["llama", "mistral", "gemma3"];
-
 /// How a GGUF's quantized weights are multiplied (safetensors weights are always f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kernels {
@@ -78,20 +61,12 @@ pub enum Kernels {
     F32,
 }
 
-/// Loads a decoder from a GGUF file or a model folder; the architecture comes from the files.
+/// Loads a decoder from a GGUF file or a model folder that `architectures::identify` has
+/// identified as one of the llama family (Gemma 3 included).
 pub fn load(path: &Path, device: &Device, kernels: Kernels) -> Result<DecoderModel, ModelError> {
     let (decoder, vocab, architecture): (Box<dyn Decoder>, Vocab, String) = if path.is_file() {
         let mut g = gguf::Gguf::open(path)?;
         let arch = g.architecture()?;
-        if !GGUF_ARCHITECTURES.contains(&arch.as_str()) {
-            return Err(ModelError::Unsupported {
-                what: format!(
-                    "GGUF architecture `{arch}` in {} (supported: {})",
-                    path.display(),
-                    GGUF_ARCHITECTURES.join(", ")
-                ),
-            });
-        }
         let vocab = Vocab::from_gguf(&g)?;
         (Box::new(llama::Llama::from_gguf(&mut g, device, kernels)?), vocab, arch)
     } else {
@@ -121,24 +96,4 @@ pub fn load(path: &Path, device: &Device, kernels: Kernels) -> Result<DecoderMod
         None => None,
     };
     Ok(DecoderModel { decoder, vocab, template, architecture })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::quantized::gguf_file::{self, Value};
-
-    #[test]
-    fn an_unsupported_gguf_architecture_is_named() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("falcon.gguf");
-        let mut file = std::fs::File::create(&path).expect("create");
-        let arch = Value::String("falcon".into());
-        gguf_file::write(&mut file, &[("general.architecture", &arch)], &[]).expect("write a GGUF");
-        drop(file);
-        assert!(is_decoder(&path));
-        let err = load(&path, &Device::Cpu, Kernels::default()).err().expect("falcon is not served");
-        let msg = err.to_string();
-        assert!(msg.contains("`falcon`") && msg.contains("supported: llama, mistral, gemma3"), "{msg}");
-    }
 }

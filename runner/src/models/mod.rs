@@ -1,5 +1,5 @@
-//! Reads a model folder, detects its architecture from its own files and loads it behind the
-//! backend traits. Models depend on the backend; this module, above them, picks one.
+//! Encoder models behind the backend traits: BERT's forward pass, pooling and the CPU kernels.
+//! Which model a folder holds is `architectures.rs`'s to decide.
 
 pub mod bert;
 #[cfg(feature = "openblas")]
@@ -10,7 +10,6 @@ pub mod pooling;
 use std::path::Path;
 
 use candle_core::Device;
-use serde::Deserialize;
 
 use crate::backend::tokenizer::TokenizerError;
 use crate::backend::{Embedder, TextTokenizer};
@@ -50,65 +49,20 @@ pub struct EmbeddingModel {
     pub info: ModelInfo,
 }
 
-/// Just enough of `config.json` to pick an architecture.
-#[derive(Deserialize)]
-struct ArchitectureProbe {
-    model_type: Option<String>,
-    #[serde(default)]
-    architectures: Vec<String>,
-}
-
-/// Loads the model in `dir` (a local folder: S3 models are fetched into the cache first).
+/// Loads the BERT-family encoder in `dir` (a local folder: S3 models are fetched into the cache
+/// first), once `architectures::identify` has named it.
 pub fn load(dir: &Path, device: &Device) -> Result<EmbeddingModel, ModelError> {
-    if dir.is_file() {
-        let what = if dir.extension().is_some_and(|e| e == "gguf") {
-            format!(
-                "{} is a GGUF decoder; this runner serves embedding encoders (BERT family) so far",
-                dir.display()
-            )
-        } else {
-            format!(
-                "{} is a file; a model is a folder with config.json, *.safetensors and tokenizer.json",
-                dir.display()
-            )
-        };
-        return Err(ModelError::Unsupported { what });
-    }
-    let config_path = dir.join("config.json");
     if !dir.is_dir() {
         return Err(ModelError::BadFile { path: dir.display().to_string(), detail: "no such folder".into() });
     }
-    let config = std::fs::read(&config_path)
+    let config = std::fs::read(dir.join("config.json"))
         .map_err(|_| ModelError::MissingFile { dir: dir.display().to_string(), file: "config.json" })?;
-    let probe: ArchitectureProbe = serde_json::from_slice(&config).map_err(|e| ModelError::BadFile {
-        path: config_path.display().to_string(),
-        detail: e.to_string(),
-    })?;
-    match probe.model_type.as_deref() {
-        Some("bert") => bert::load(dir, &config, device),
-        other => Err(ModelError::Unsupported {
-            what: format!(
-                "architecture `{}` ({}) in {}; supported: bert",
-                other.unwrap_or("<no model_type>"),
-                probe.architectures.join(", "),
-                config_path.display()
-            ),
-        }),
-    }
+    bert::load(dir, &config, device)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unsupported_architectures_are_named() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("config.json"), r#"{"model_type":"t5","architectures":["T5Model"]}"#)
-            .expect("write");
-        let err = load(dir.path(), &Device::Cpu).err().expect("t5 is unsupported");
-        assert!(err.to_string().contains("`t5` (T5Model)"), "{err}");
-    }
 
     #[test]
     fn a_folder_without_config_says_so() {
