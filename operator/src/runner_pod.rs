@@ -57,9 +57,9 @@ pub fn shard_pod(job: &BatchJob, index: u32, cfg: &Config) -> Pod {
         CACHE_DIR.into(),
     ];
     match spec.input.format {
+        // Spelled as the runner's flag reads it: one enum, one set of names.
         InputFormat::Auto => {}
-        InputFormat::Openai => args.extend(["--format".into(), "openai".into()]),
-        InputFormat::Anthropic => args.extend(["--format".into(), "anthropic".into()]),
+        fixed => args.extend(["--format".into(), fixed.as_str().into()]),
     }
     if let Some(model_name) = &spec.model.name {
         args.extend(["--model-name".into(), model_name.clone()]);

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use barge_api::InputFormat;
 use barge_api::ShardId;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Map, Value};
@@ -45,16 +46,6 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum InputFormat {
-    /// Decide from the input's first request line (`params` → Anthropic, `body` → OpenAI).
-    Auto,
-    /// `{"custom_id", "method", "url", "body"}` lines.
-    Openai,
-    /// Anthropic Message Batches lines, `{"custom_id", "params"}` (chat models only).
-    Anthropic,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KernelChoice {
     /// llama.cpp's block kernels on the GGUF's own 4/5/8-bit blocks (its arithmetic exactly;
     /// k-quant tensors run as f32).
@@ -85,8 +76,10 @@ pub struct RunArgs {
     #[arg(long, env = "BARGE_OUTPUT")]
     pub output: Location,
 
-    /// The input format.
-    #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
+    /// The input format: `auto` (decide from the input's first request line: `params` means
+    /// Anthropic, `body` OpenAI), `openai` (`{"custom_id", "method", "url", "body"}` lines) or
+    /// `anthropic` (Message Batches lines, `{"custom_id", "params"}`; chat models only).
+    #[arg(long, default_value_t = InputFormat::Auto)]
     pub format: InputFormat,
 
     /// Process only shard I of N (0-based), e.g. 2/4: the lines that start in its quarter of the

@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use barge_api::{Counts, Outcome, TerminationMessage};
-use barge_runner::cli::{Cli, Command, FinalizeArgs, InputFormat, KernelChoice, LogFormat, RunArgs};
+use barge_runner::cli::{Cli, Command, FinalizeArgs, KernelChoice, LogFormat, RunArgs};
 use barge_runner::decoder::Kernels;
 use barge_runner::decoder::engine::EngineConfig;
-use barge_runner::input::generation::Format;
 use barge_runner::output::finalize;
 use barge_runner::output::job::Batching;
 use barge_runner::progress::{DEFAULT_TERMINATION_PATH, write_termination_message};
@@ -154,11 +153,7 @@ async fn run(args: RunArgs, bar: bool) -> ExitCode {
         listen: args.listen,
         progress_bar: bar,
         null_model: args.null_model,
-        format: match args.format {
-            InputFormat::Auto => None,
-            InputFormat::Openai => Some(Format::OpenAi),
-            InputFormat::Anthropic => Some(Format::Anthropic),
-        },
+        format: args.format.fixed(),
         generation: EngineConfig {
             max_seqs: args.max_seqs as usize,
             step_tokens: args.step_tokens as usize,

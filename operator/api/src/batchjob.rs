@@ -11,6 +11,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
+
+pub use crate::format::InputFormat;
 use serde::{Deserialize, Serialize};
 
 /// A batch of LLM requests (a JSONL file in S3) run through a model on the cluster's own GPUs.
@@ -157,15 +159,6 @@ pub struct InputSpec {
     /// Request format; `auto` reads the first line.
     #[serde(default)]
     pub format: InputFormat,
-}
-
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum InputFormat {
-    #[default]
-    Auto,
-    Openai,
-    Anthropic,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

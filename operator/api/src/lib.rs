@@ -5,6 +5,8 @@
 
 #[cfg(feature = "crd")]
 pub mod batchjob;
+pub mod format;
 pub mod progress;
 
+pub use format::{Format, InputFormat};
 pub use progress::{Counts, Outcome, Progress, ShardId, TerminationMessage};

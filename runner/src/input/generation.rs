@@ -16,21 +16,7 @@ const MAX_STOP: usize = 4;
 /// Anthropic sets no small limit; this keeps stop matching cheap.
 const MAX_STOP_SEQUENCES: usize = 16;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    OpenAi,
-    Anthropic,
-}
-
-impl Format {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::OpenAi => "openai",
-            Format::Anthropic => "anthropic",
-        }
-    }
-}
+pub use barge_api::Format;
 
 /// Which response shape the result takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
