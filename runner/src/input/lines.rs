@@ -48,6 +48,11 @@ pub struct LineReader {
     max_line: usize,
     /// The input version the job started with: every (re)open reads only that version.
     version: Option<String>,
+    /// Where the next line starts when that is not `pos` (`u64::MAX` otherwise): after a
+    /// skipped byte-order mark the first line starts at 0, so it is the first shard's even when
+    /// that shard ends inside the mark (the property test found a 4-byte file in 2 shards that
+    /// lost its only line).
+    line_start: u64,
 }
 
 async fn open(
@@ -102,6 +107,7 @@ impl LineReader {
             next_number,
             max_line,
             version: version.map(str::to_string),
+            line_start: u64::MAX,
         })
     }
 
@@ -148,7 +154,9 @@ impl LineReader {
         const BOM: &[u8] = b"\xEF\xBB\xBF";
         let buf = self.fill().await?;
         if buf.starts_with(BOM) {
+            let start = self.pos;
             self.consume(BOM.len());
+            self.line_start = start;
         }
         Ok(())
     }
@@ -174,7 +182,8 @@ impl LineReader {
 
     /// The next line of the shard, or `None` at its end.
     pub async fn next_line(&mut self) -> Result<Option<Line>, StorageError> {
-        if self.pos >= self.end {
+        let starts_at = std::mem::replace(&mut self.line_start, u64::MAX).min(self.pos);
+        if starts_at >= self.end {
             return Ok(None);
         }
         let mut text = Vec::new();
@@ -269,6 +278,19 @@ mod tests {
             ]
         );
         assert_eq!(lines[0].end, 6); // BOM (3) + "a\r\n"
+    }
+
+    /// The first line starts at byte 0, its byte-order mark included: it is the first shard's
+    /// even when that shard ends inside the mark.
+    #[tokio::test]
+    async fn a_first_shard_that_ends_inside_the_byte_order_mark_still_reads_the_first_line() {
+        let (_d, store) = store_with("\u{feff}a").await;
+        let mut first =
+            LineReader::open_shard(store.clone(), "in.jsonl", None, (0, 2), 64).await.expect("open");
+        let lines = read_all(&mut first).await;
+        assert_eq!(lines.iter().map(text).collect::<Vec<_>>(), ["a"]);
+        let mut second = LineReader::open_shard(store, "in.jsonl", None, (2, 4), 64).await.expect("open");
+        assert!(read_all(&mut second).await.is_empty(), "and only that shard reads it");
     }
 
     #[tokio::test]
