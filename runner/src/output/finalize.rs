@@ -232,11 +232,21 @@ async fn count_rest(
     cp: &Checkpoint,
 ) -> Result<(u64, u64), FinalizeError> {
     let range = shard_range(job.spec.input_size, cp.shard);
+    // The version the job ran on: a file replaced since would be miscounted, so it is refused.
+    let version = Some(job.spec.input_etag.as_str()).filter(|e| !e.is_empty());
     let mut reader = if cp.chunks == 0 && cp.counts.lines == 0 {
-        LineReader::open_shard(input.store.clone(), &input.key, None, range, COUNT_MAX_LINE).await?
+        LineReader::open_shard(input.store.clone(), &input.key, version, range, COUNT_MAX_LINE).await?
     } else {
-        LineReader::resume(input.store.clone(), &input.key, None, cp.next_offset, range.1, 1, COUNT_MAX_LINE)
-            .await?
+        LineReader::resume(
+            input.store.clone(),
+            &input.key,
+            version,
+            cp.next_offset,
+            range.1,
+            1,
+            COUNT_MAX_LINE,
+        )
+        .await?
     };
     let (mut lines, mut requests) = (0, 0);
     while let Some(line) = reader.next_line().await? {

@@ -107,6 +107,26 @@ fn a_partial_finalize_merges_the_finished_shards_and_counts_what_never_ran() {
     assert_eq!(tm["completed"].as_u64(), Some(results.len() as u64));
 }
 
+/// The requests that never ran are counted in the input the job ran on; a file replaced since
+/// would give wrong counts and line numbers, so the partial finalize refuses it, saying why.
+#[test]
+fn a_partial_finalize_refuses_an_input_replaced_since_the_job_ran() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    write_requests(&input, 12);
+    let out_dir = dir.path().join("out");
+    run_local(&input, &out_dir, &["--shard", "0/3"]);
+    // A longer file under the same name: another size, another version.
+    write_requests(&input, 30);
+    let out = out_dir.display().to_string();
+    let merged =
+        runner().args(["finalize", "--output", &out, "--shards", "3", "--partial"]).output().expect("runs");
+    assert_eq!(merged.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&merged.stderr);
+    assert!(err.contains("changed while the job read it"), "{err}");
+    assert!(!out_dir.join("manifest.json").exists(), "no manifest claims a merge");
+}
+
 /// A job cancelled (or expired) while its model still downloaded, or while its pods could not
 /// be scheduled, has no `_barge/job.json` yet: its partial finalize ends normally with nothing
 /// merged, so the job ends Cancelled or Expired rather than FinalizeFailed. A full finalize of
