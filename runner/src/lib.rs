@@ -21,3 +21,4 @@ pub mod shutdown;
 pub mod stages;
 pub mod storage;
 pub mod tasks;
+pub mod types;

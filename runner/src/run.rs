@@ -16,7 +16,6 @@ use crate::architectures::{self, Kind, Loaded};
 use crate::backend::{Embedder, NullEmbedder};
 use crate::decoder::engine::EngineConfig;
 use crate::device::{DeviceChoice, DeviceError};
-use crate::input::generation::Format;
 use crate::input::lines::LineReader;
 use crate::input::shard_range;
 use crate::location::Location;
@@ -34,6 +33,7 @@ use crate::shutdown::Stop;
 use crate::stages::{StageError, Stages, panic_message};
 use crate::storage::{self, Condition, ObjectStore, S3Options, StorageError};
 use crate::tasks;
+use crate::types::Format;
 
 /// Everything a run needs, from the command line or the operator's work order.
 #[derive(Debug, Clone)]

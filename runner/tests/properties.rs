@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use barge_api::ShardId;
-use barge_runner::input::generation::{self, Format};
+use barge_runner::input::generation;
 use barge_runner::input::lines::LineReader;
 use barge_runner::input::{openai, shard_range};
 use barge_runner::storage::{LocalStore, ObjectStore};
+use barge_runner::types::Format;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 

@@ -4,13 +4,8 @@
 //! (`raise_exception`, `strftime_now`, `tojson`).
 
 use minijinja::{Environment, Error, ErrorKind, Value, context};
-use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
+use crate::types::ChatMessage;
 
 pub struct ChatTemplate {
     env: Environment<'static>,

@@ -36,15 +36,7 @@ pub struct GenRequest {
     pub stop: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Finish {
-    /// The model ended its turn.
-    EndOfTurn,
-    /// `max_tokens` (or the context) ran out.
-    Length,
-    /// One of the request's stop strings appeared.
-    Stop(String),
-}
+use crate::types::Finish;
 
 #[derive(Debug, Clone)]
 pub struct GenResult {

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::openai::{GENERATION_URLS, check_method, custom_id, kind};
 use super::{ErrorCode, LineError};
-use crate::decoder::chat_template::ChatMessage;
+use crate::types::{ChatMessage, Endpoint, Format};
 
 pub const CHAT_URL: &str = "/v1/chat/completions";
 pub const COMPLETIONS_URL: &str = "/v1/completions";
@@ -15,16 +15,6 @@ pub const COMPLETIONS_URL: &str = "/v1/completions";
 const MAX_STOP: usize = 4;
 /// Anthropic sets no small limit; this keeps stop matching cheap.
 const MAX_STOP_SEQUENCES: usize = 16;
-
-pub use barge_api::Format;
-
-/// Which response shape the result takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    ChatCompletions,
-    Completions,
-    Messages,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {

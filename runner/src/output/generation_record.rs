@@ -5,9 +5,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::record::request_id;
-use crate::decoder::engine::Finish;
 use crate::input::LineError;
-use crate::input::generation::Endpoint;
+use crate::types::{Endpoint, Finish};
 
 /// What one finished generation reports.
 pub struct Generated<'a> {

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 pub struct JobSpec {
     /// The request format of a generation job (`None` for embeddings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<crate::input::generation::Format>,
+    pub format: Option<crate::types::Format>,
     pub input: String,
     pub input_size: u64,
     pub input_etag: String,
@@ -42,7 +42,7 @@ impl JobSpec {
         cmp("model", self.model.clone(), other.model.clone());
         cmp("model files", self.model_etag.clone(), other.model_etag.clone());
         cmp("shards", self.shards.to_string(), other.shards.to_string());
-        let fmt = |f: Option<crate::input::generation::Format>| f.map_or("none", |f| f.as_str()).to_string();
+        let fmt = |f: Option<crate::types::Format>| f.map_or("none", |f| f.as_str()).to_string();
         cmp("format", fmt(self.format), fmt(other.format));
         cmp(
             "defaults",

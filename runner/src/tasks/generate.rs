@@ -16,7 +16,7 @@ use crate::decoder::chat_template::ChatTemplate;
 use crate::decoder::engine::{Engine, EngineConfig, GenRequest, GenResult, Refused};
 use crate::decoder::sampling::SamplingParams;
 use crate::decoder::vocab::Vocab;
-use crate::input::generation::{self, Endpoint, Format, GenerationRequest, Prompt};
+use crate::input::generation::{self, GenerationRequest, Prompt};
 use crate::input::lines::LineBody;
 use crate::input::lines::LineReader;
 use crate::input::{ErrorCode, LineError};
@@ -25,6 +25,7 @@ use crate::output::chunk;
 use crate::output::generation_record::{self, Generated};
 use crate::stages::{Encoded, RawWindow, StageError, Stages};
 use crate::storage::{ObjectStore, StorageError};
+use crate::types::{Endpoint, Format};
 
 /// How far into the input `--format auto` looks for its first request line.
 const SNIFF_BYTES: u64 = 1024 * 1024;

@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use barge_runner::decoder::chat_template::ChatMessage;
-use barge_runner::decoder::engine::{Engine, EngineConfig, Finish, GenRequest, GenResult};
+use barge_runner::decoder::engine::{Engine, EngineConfig, GenRequest, GenResult};
 use barge_runner::decoder::kv_cache::KvCache;
 use barge_runner::decoder::ops::StepLayout;
 use barge_runner::decoder::sampling::SamplingParams;
 use barge_runner::decoder::{self, DecoderModel, Kernels};
+use barge_runner::types::ChatMessage;
+use barge_runner::types::Finish;
 use candle_core::Device;
 use serde_json::Value;
 
