@@ -166,6 +166,11 @@ pub async fn run_shard(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunErro
     } else {
         None
     };
+    // Safetensors weights always run in f32, whatever the flag says.
+    let kernels = decoder.then(|| {
+        let used = if resolved.dir.is_file() { cfg.kernels } else { crate::decoder::Kernels::F32 };
+        used.as_str().to_string()
+    });
     let spec = JobSpec {
         format,
         input: cfg.input.to_string(),
@@ -175,6 +180,7 @@ pub async fn run_shard(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunErro
         model_etag: resolved.etag.clone(),
         shards: cfg.shard.count,
         defaults: cfg.defaults.clone(),
+        kernels,
     };
     let out = stores.output.as_ref();
 
@@ -239,6 +245,7 @@ pub async fn run_shard(cfg: RunConfig, stop: Stop) -> Result<RunSummary, RunErro
             dimensions,
             max_seq_len,
             files: resolved.files.clone(),
+            kernels: spec.kernels.clone(),
         },
         batching: cfg.batching.clone(),
         runner_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -61,6 +61,16 @@ pub enum Kernels {
     F32,
 }
 
+impl Kernels {
+    /// The name the manifest and the job record give them (the `--kernels` flag's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kernels::Quantized => "quantized",
+            Kernels::F32 => "f32",
+        }
+    }
+}
+
 /// Loads a decoder from a GGUF file or a model folder that `architectures::identify` has
 /// identified as one of the llama family (Gemma 3 included).
 pub fn load(path: &Path, device: &Device, kernels: Kernels) -> Result<DecoderModel, ModelError> {

@@ -20,6 +20,10 @@ pub struct JobSpec {
     pub model_etag: String,
     pub shards: u32,
     pub defaults: Map<String, Value>,
+    /// How a decoder multiplies its weights (`quantized` or `f32`): unlike batching or threads,
+    /// this changes answers, so a resume with other kernels is another job. `None` for encoders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<String>,
 }
 
 impl JobSpec {
@@ -44,6 +48,8 @@ impl JobSpec {
         cmp("shards", self.shards.to_string(), other.shards.to_string());
         let fmt = |f: Option<crate::types::Format>| f.map_or("none", |f| f.as_str()).to_string();
         cmp("format", fmt(self.format), fmt(other.format));
+        let kernels = |k: &Option<String>| k.clone().unwrap_or_else(|| "none".into());
+        cmp("kernels", kernels(&self.kernels), kernels(&other.kernels));
         cmp(
             "defaults",
             Value::Object(self.defaults.clone()).to_string(),
@@ -68,6 +74,9 @@ pub struct ModelRecord {
     pub dimensions: usize,
     pub max_seq_len: usize,
     pub files: Vec<FileDigest>,
+    /// A decoder's kernels, as the job ran them (see [`JobSpec::kernels`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -250,3 +250,29 @@ fn a_model_without_a_chat_template_refuses_chat_but_completes() {
         (Some("chat"), Some("no_chat_template"))
     );
 }
+
+/// The kernels change answers (the quantized ones are llama.cpp's arithmetic, f32 is not), so
+/// they are part of the job: the manifest records them, and the same output resumed or rerun
+/// with other kernels is refused as another job, naming them.
+#[test]
+fn a_job_is_bound_to_its_kernels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    write_lines(&input, &[chat_line("only", "Hi", json!({"max_tokens": 3}))]);
+    let out = dir.path().join("out");
+    let run = run_gguf(&input, &out, &["--kernels", "f32"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("manifest")).expect("json");
+    assert_eq!(manifest["model"]["kernels"], "f32");
+
+    let (model, input, output) =
+        (smollm2().display().to_string(), input.display().to_string(), out.display().to_string());
+    let other = runner()
+        .args(["run", "--model", &model, "--input", &input, "--output", &output, "--kernels", "quantized"])
+        .output()
+        .expect("runs");
+    assert_eq!(other.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(err.contains("kernels was f32, now quantized"), "{err}");
+}
