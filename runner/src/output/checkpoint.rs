@@ -134,6 +134,25 @@ mod tests {
     use super::*;
     use crate::storage::LocalStore;
 
+    /// A shard's checkpoint before any work, as a first runner writes it.
+    fn blank(shard: ShardId) -> Checkpoint {
+        Checkpoint {
+            version: FORMAT_VERSION,
+            job: "j".into(),
+            shard,
+            chunks: 0,
+            next_offset: 0,
+            counts: Counts::default(),
+            done: false,
+            started: String::new(),
+            updated: String::new(),
+            epoch: 0,
+            owner: String::new(),
+            segments: Vec::new(),
+            version_tag: None,
+        }
+    }
+
     #[tokio::test]
     async fn checkpoints_round_trip_and_damage_is_reported() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -141,19 +160,13 @@ mod tests {
         let shard = ShardId { index: 1, count: 2 };
         assert!(load(&store, shard).await.expect("load").is_none());
         let cp = Checkpoint {
-            version: FORMAT_VERSION,
             job: "abc".into(),
-            shard,
             chunks: 3,
             next_offset: 1234,
             counts: Counts { lines: 10, completed: 9, failed: 1, prompt_tokens: 99, completion_tokens: 0 },
-            done: false,
             started: "2026-01-01T00:00:00Z".into(),
             updated: "2026-01-01T00:01:00Z".into(),
-            epoch: 0,
-            owner: String::new(),
-            segments: Vec::new(),
-            version_tag: None,
+            ..blank(shard)
         };
         let mut cp = cp;
         cp.take_over();
@@ -171,21 +184,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = LocalStore::new(dir.path().to_path_buf());
         let shard = ShardId { index: 0, count: 1 };
-        let mut old = Checkpoint {
-            version: FORMAT_VERSION,
-            job: "j".into(),
-            shard,
-            chunks: 0,
-            next_offset: 0,
-            counts: Counts::default(),
-            done: false,
-            started: String::new(),
-            updated: String::new(),
-            epoch: 0,
-            owner: String::new(),
-            segments: Vec::new(),
-            version_tag: None,
-        };
+        let mut old = blank(shard);
         old.take_over();
         save(&store, &mut old).await.expect("first owner");
         old.chunks = 3;
@@ -222,21 +221,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = LocalStore::new(dir.path().to_path_buf());
         let shard = ShardId { index: 0, count: 2 };
-        let mut cp = Checkpoint {
-            version: FORMAT_VERSION,
-            job: "j".into(),
-            shard,
-            chunks: 0,
-            next_offset: 0,
-            counts: Counts::default(),
-            done: false,
-            started: String::new(),
-            updated: String::new(),
-            epoch: 0,
-            owner: String::new(),
-            segments: Vec::new(),
-            version_tag: None,
-        };
+        let mut cp = blank(shard);
         cp.take_over();
         save(&store, &mut cp).await.expect("first write");
         let read = cp.clone();
