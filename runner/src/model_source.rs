@@ -210,7 +210,7 @@ async fn fetch_s3(
         if let Some(p) = dest.parent() {
             tokio::fs::create_dir_all(p).await.map_err(cache_err(p))?;
         }
-        store.download(&o.key, &dest).await?;
+        store.download(o, &dest).await?;
     }
     let files = digest_files(&temp, objects.iter().map(|o| (o.key.clone(), o.size)).collect()).await?;
     write_digests(&temp.join(".barge-digests.json"), &files).await.map_err(cache_err(&temp))?;

@@ -305,10 +305,9 @@ impl Llama {
         device: &Device,
     ) -> Result<(Self, Option<u32>, Option<u32>), ModelError> {
         let path = dir.join("config.json").display().to_string();
-        let hf: HfConfig = serde_json::from_slice(config)
-            .map_err(|e| ModelError::BadFile { path: path.clone(), detail: e.to_string() })?;
-        let raw: serde_json::Value = serde_json::from_slice(config)
-            .map_err(|e| ModelError::BadFile { path: path.clone(), detail: e.to_string() })?;
+        let bad = |e: serde_json::Error| ModelError::BadFile { path: path.clone(), detail: e.to_string() };
+        let raw: serde_json::Value = serde_json::from_slice(config).map_err(bad)?;
+        let hf = HfConfig::deserialize(&raw).map_err(bad)?;
         unhandled::refuse(&path, &unhandled::in_config(&raw))?;
         let cfg = LlamaConfig {
             hidden: hf.hidden_size,

@@ -147,12 +147,12 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
 
-    /// Copies the object into a local file. A stream that breaks is resumed where it stopped,
-    /// pinned to the version it started on, so a flaky network costs a reconnect, not the
-    /// whole download; the file must end up the object's size.
-    async fn download(&self, key: &str, dest: &Path) -> Result<(), StorageError> {
+    /// Copies the object `meta` describes (as `list` or `head` gave it) into a local file. A
+    /// stream that breaks is resumed where it stopped, pinned to that version, so a flaky
+    /// network costs a reconnect, not the whole download; the file must end up its size.
+    async fn download(&self, meta: &ObjectMeta, dest: &Path) -> Result<(), StorageError> {
         const ATTEMPTS: u32 = 6;
-        let meta = self.head(key).await?.ok_or_else(|| StorageError::NotFound { uri: self.uri(key) })?;
+        let key = meta.key.as_str();
         let io_err = |op, source| StorageError::Io { op, uri: dest.display().to_string(), source };
         let mut file = tokio::fs::File::create(dest).await.map_err(|e| io_err("create", e))?;
         let mut written = 0u64;
@@ -293,13 +293,14 @@ mod tests {
 
         let store =
             Breaking { inner: LocalStore::new(dir.path().to_path_buf()), cut: 100_000, opens: 0.into() };
-        store.download("w.bin", &dest).await.expect("resumed to the end");
+        let meta = store.head("w.bin").await.expect("head").expect("exists");
+        store.download(&meta, &dest).await.expect("resumed to the end");
         assert_eq!(std::fs::read(&dest).expect("read"), data);
         assert_eq!(store.opens.into_inner(), 3, "one open per 100 kB piece");
 
         // A stream that breaks at once every time is given up on, with the error.
         let store = Breaking { inner: LocalStore::new(dir.path().to_path_buf()), cut: 0, opens: 0.into() };
-        let err = store.download("w.bin", &dest).await.expect_err("no progress, ever");
+        let err = store.download(&meta, &dest).await.expect_err("no progress, ever");
         assert!(err.to_string().contains("connection reset"), "{err}");
     }
 }
